@@ -1,0 +1,98 @@
+# mrt: build, set-up, run and test.
+#
+#   make            build build/libmrt.so (and build/libmrt_cuda.so where nvcc exists)
+#   make deps       install the Debian and npm packages that are missing
+#   make run        deps + build + the transfer recipe on the embedded data
+#   make test       deps + build + the busted suite, ending in "N passed, N failed"
+#   make bench      CPU speed against PyTorch (tests/bench)
+#   make test-gpu   the suite on the CUDA backend (needs a GPU)
+
+CC      ?= cc
+NVCC    ?= $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
+CUDA_HOME ?= /usr/local/cuda
+BUILD   := build
+CACHE   ?= cache
+
+WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -fPIC -fopenmp $(WARN) -I/usr/include/hdf5/serial
+LDLIBS  := -fopenmp -lopenblas -lhdf5_serial -lz -lm -ldl
+HDF5_LIB := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/hdf5/serial))
+ifneq ($(HDF5_LIB),)
+LDLIBS  := -L$(HDF5_LIB) $(LDLIBS)
+endif
+DNNL    := $(wildcard /usr/include/dnnl.h)
+ifneq ($(DNNL),)
+CFLAGS  += -DMRT_HAVE_DNNL
+LDLIBS  += -ldnnl
+endif
+
+ENGINE_SRC := $(wildcard engine/*.c)
+ENGINE_OBJ := $(patsubst engine/%.c,$(BUILD)/engine/%.o,$(ENGINE_SRC))
+HEADERS    := $(wildcard engine/*.h engine/include/*.h)
+
+CUDA_C_SRC := $(wildcard engine/cuda/*.c)
+CUDA_CU_SRC := $(wildcard kernels/*.cu)
+CUDA_ARCH  ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+              -gencode arch=compute_90,code=compute_90
+NVCCFLAGS  ?= -O3 -std=c++17 -Xcompiler -fPIC,-Wall $(CUDA_ARCH)
+
+TARGETS := $(BUILD)/libmrt.so
+ifneq ($(NVCC),)
+ifneq ($(CUDA_C_SRC)$(CUDA_CU_SRC),)
+TARGETS += $(BUILD)/libmrt_cuda.so
+endif
+endif
+
+.PHONY: all deps run test conformance bench test-gpu clean fixtures
+all: $(TARGETS) bin/mrt
+
+$(BUILD)/engine/%.o: engine/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libmrt.so: $(ENGINE_OBJ)
+	$(CC) -shared -o $@ $^ $(LDLIBS)
+
+CUDA_OBJ := $(patsubst engine/cuda/%.c,$(BUILD)/cuda/%.o,$(CUDA_C_SRC)) \
+            $(patsubst kernels/%.cu,$(BUILD)/kernels/%.o,$(CUDA_CU_SRC))
+
+$(BUILD)/cuda/%.o: engine/cuda/%.c $(HEADERS) $(wildcard engine/cuda/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include -c $< -o $@
+
+$(BUILD)/kernels/%.o: kernels/%.cu $(HEADERS) $(wildcard kernels/*.cuh)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -I$(CUDA_HOME)/include -c $< -o $@
+
+$(BUILD)/libmrt_cuda.so: $(CUDA_OBJ) $(BUILD)/libmrt.so
+	$(CC) -shared -o $@ $(CUDA_OBJ) -L$(BUILD) -lmrt -L$(CUDA_HOME)/lib64 \
+	    -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,-rpath,'$$ORIGIN' -lcudnn -lcublas -lcudart -lstdc++
+
+bin/mrt: lua/mrt/cli.lua
+	@chmod +x bin/mrt
+	@touch bin/mrt
+
+deps:
+	@sh tools/deps.sh
+
+run: deps all
+	bin/mrt recipes/transfer.lua --out results/transfer.h5
+
+test: deps all
+	@sh tests/run.sh
+
+conformance: all
+	@sh tests/run.sh --conformance
+
+bench: all
+	/usr/bin/python3 tests/bench/bench.py
+
+test-gpu: all
+	@MRT_DEVICE=cuda sh tests/run.sh --gpu
+
+fixtures:
+	/usr/bin/python3 tests/fixtures/make_fixtures.py tests/fixtures
+
+clean:
+	rm -rf $(BUILD)

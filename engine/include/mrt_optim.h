@@ -1,0 +1,62 @@
+/*
+ * mrt_optim.h: fused optimizer updates over ranges of flat parameter buffers.
+ *
+ * Parameters, gradients and optimizer state of a model live in flat buffers
+ * on one device; an update works on n consecutive elements starting at the
+ * given pointers, so one call covers a whole contiguous part. Conventions are
+ * PyTorch's (torch.optim, version 1.13), with weight decay folded into the
+ * gradient for SGD and Adam and decoupled for AdamW.
+ */
+#ifndef MRT_OPTIM_H
+#define MRT_OPTIM_H
+
+#include "mrt_core.h"
+
+typedef struct mrt_sgd_params {
+    float lr;              /* step size h applied to the buffer (apply = 1) */
+    float momentum;        /* mu; 0 disables the buffer and steps along g */
+    float dampening;       /* buffer := mu*buffer + (1-dampening)*g */
+    float weight_decay;    /* g := grad + weight_decay*theta */
+    float noise_std;       /* g += noise_std * N(0,1) per element (Langevin); 0 for none */
+    int32_t nesterov;      /* step along g + mu*buffer */
+    int32_t first;         /* 1 on the buffer's first update: buffer := g, as PyTorch */
+    int32_t update_buffer; /* 1: fold the gradient into the buffer */
+    int32_t apply;         /* 1: theta := theta - lr*direction */
+} mrt_sgd_params;
+
+/*
+ * SGD with momentum on theta[0..n). grad may be NULL when update_buffer is 0
+ * (a drift step that only applies the stored buffer). rng is needed only when
+ * noise_std > 0; its counter advances by the number of normals drawn.
+ */
+int mrt_sgd_update(mrt_ctx *ctx, float *theta, const float *grad /* optional */,
+                   float *buffer, int64_t n, const mrt_sgd_params *p, mrt_rng *rng /* optional */);
+
+typedef struct mrt_adam_params {
+    float lr;
+    float beta1, beta2;
+    float eps;
+    float weight_decay;
+    int32_t decoupled;     /* 1: AdamW, theta *= 1 - lr*weight_decay before the step */
+    int32_t amsgrad;       /* must be 0; 1 is NYI */
+    int64_t step;          /* this update's index, from 1, for bias correction */
+} mrt_adam_params;
+
+/* Adam/AdamW on theta[0..n) with moment buffers m and v. */
+int mrt_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m, float *v,
+                    int64_t n, const mrt_adam_params *p);
+
+/* dst[0..n) := mean of srcs[0..count)[0..n); dst may be one of srcs. */
+int mrt_average(mrt_ctx *ctx, float *dst, const float *const *srcs, int count, int64_t n);
+
+/* y[0..n) := y*mask elementwise (mask entries 0 or 1). */
+int mrt_mask_mul(mrt_ctx *ctx, float *y, const float *mask, int64_t n);
+
+/*
+ * theta := theta - lr_a*g where mask is 0 and theta - lr_b*g where mask is 1
+ * (the random-subgroup update), with g = grad + weight_decay*theta.
+ */
+int mrt_masked_sgd(mrt_ctx *ctx, float *theta, const float *grad, const float *mask, int64_t n,
+                   float lr_a, float lr_b, float weight_decay);
+
+#endif
