@@ -44,15 +44,17 @@ TARGETS += $(BUILD)/libmrt_cuda.so
 endif
 endif
 
-.PHONY: all deps run test conformance bench test-gpu clean fixtures
+.PHONY: all deps deps-test run test conformance bench test-gpu clean fixtures
 all: $(TARGETS) bin/mrt
 
 $(BUILD)/engine/%.o: engine/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# -z nodelete: LuaJIT unloads FFI libraries when its state closes, which
+# would unmap OpenBLAS and OpenMP while their worker threads still run.
 $(BUILD)/libmrt.so: $(ENGINE_OBJ)
-	$(CC) -shared -o $@ $^ $(LDLIBS)
+	$(CC) -shared -Wl,-z,nodelete -o $@ $^ $(LDLIBS)
 
 CUDA_OBJ := $(patsubst engine/cuda/%.c,$(BUILD)/cuda/%.o,$(CUDA_C_SRC)) \
             $(patsubst kernels/%.cu,$(BUILD)/kernels/%.o,$(CUDA_CU_SRC))
@@ -66,7 +68,7 @@ $(BUILD)/kernels/%.o: kernels/%.cu $(HEADERS) $(wildcard kernels/*.cuh)
 	$(NVCC) $(NVCCFLAGS) -I$(CUDA_HOME)/include -c $< -o $@
 
 $(BUILD)/libmrt_cuda.so: $(CUDA_OBJ) $(BUILD)/libmrt.so
-	$(CC) -shared -o $@ $(CUDA_OBJ) -L$(BUILD) -lmrt -L$(CUDA_HOME)/lib64 \
+	$(CC) -shared -Wl,-z,nodelete -o $@ $(CUDA_OBJ) -L$(BUILD) -lmrt -L$(CUDA_HOME)/lib64 \
 	    -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,-rpath,'$$ORIGIN' -lcudnn -lcublas -lcudart -lstdc++
 
 bin/mrt: lua/mrt/cli.lua
@@ -76,10 +78,13 @@ bin/mrt: lua/mrt/cli.lua
 deps:
 	@sh tools/deps.sh
 
+deps-test:
+	@sh tools/deps.sh --test
+
 run: deps all
 	bin/mrt recipes/transfer.lua --out results/transfer.h5
 
-test: deps all
+test: deps-test all
 	@sh tests/run.sh
 
 conformance: all

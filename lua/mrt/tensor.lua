@@ -116,6 +116,8 @@ local function new_storage(n, device)
    return storage
 end
 
+M.storage = new_storage
+
 -- Creates a tensor of the given shape, filled with zeros.
 function M.zeros(shape, device)
    check_shape(shape, 2)

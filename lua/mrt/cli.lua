@@ -1,0 +1,162 @@
+-- mrt.cli: the `bin/mrt RECIPE [--key value ...]` command.
+--
+-- Loads the recipe, applies --key value overrides to its config (an unknown
+-- key is an error listing the valid ones), runs it, and writes the result
+-- file (--out, default results/<recipe>.h5) and its plots only when the
+-- recipe finished. Set MRT_DEBUG=1 for a Lua traceback on errors.
+
+local M = {}
+
+local USAGE = [[
+usage: mrt RECIPE [--key value ...] [--out FILE.h5] [--device cpu|cuda] [--threads N] [--profile]
+       mrt                      (interactive LuaJIT prompt with mrt loaded)
+
+  RECIPE         a recipe script, e.g. recipes/transfer.lua
+  --key value    overrides the recipe's config entry `key`; numbers are parsed as numbers,
+                 lists as comma-separated items; `mrt RECIPE --help` lists the keys
+  --out FILE.h5  result file (default results/<recipe>.h5); plots go beside it as .png
+  --device NAME  cpu (default) or cuda; MRT_DEVICE sets the same
+  --threads N    CPU threads for BLAS and the engine's loops (default: all cores)
+  --profile      print a per-layer time profile of training steps
+]]
+
+local GLOBAL_FLAGS = { out = true, device = true, threads = true, profile = false, help = false }
+
+-- Splits argv into the recipe path, config overrides and global options.
+function M.parse(argv)
+   local recipe, overrides, options = nil, {}, {}
+   local i = 1
+   while i <= #argv do
+      local a = argv[i]
+      local key = a:match('^%-%-(.+)$')
+      if key == nil then
+         if recipe ~= nil then
+            error(string.format("unexpected argument '%s' (options are --key value)", a), 0)
+         end
+         recipe = a
+         i = i + 1
+      else
+         local inline_key, inline_value = key:match('^([^=]+)=(.*)$')
+         local value
+         if inline_key then
+            key, value = inline_key, inline_value
+         end
+         local takes_value = GLOBAL_FLAGS[key]
+         if takes_value == false then
+            options[key] = true
+            i = i + 1
+         else
+            if value == nil then
+               value = argv[i + 1]
+               if value == nil then
+                  error(string.format('--%s needs a value', key), 0)
+               end
+               i = i + 2
+            else
+               i = i + 1
+            end
+            if takes_value then
+               options[key] = value
+            else
+               overrides[key] = value
+            end
+         end
+      end
+   end
+   return recipe, overrides, options
+end
+
+local function print_keys(recipe)
+   local R = require 'mrt.recipe'
+   io.stdout:write(string.format('%s: %s\n\nconfig keys (defaults):\n', recipe.name,
+      recipe.description or ''))
+   for _, k in ipairs(R.sorted_keys(recipe.config)) do
+      local v = recipe.config[k]
+      io.stdout:write(string.format('  --%-20s %s\n', k, require('mrt.util').render(v)))
+   end
+end
+
+local function setup(options)
+   local T = require 'mrt.tensor'
+   local lib = require 'mrt.ffi'
+   local device = options.device or os.getenv('MRT_DEVICE') or 'cpu'
+   if device ~= 'cpu' and device ~= 'cuda' then
+      error(string.format("--device must be cpu or cuda, got '%s'", device), 0)
+   end
+   T.set_default_device(device)
+   local threads = tonumber(options.threads or 0)
+   if threads == nil or threads < 0 then
+      error(string.format("--threads expects a non-negative integer, got '%s'",
+         tostring(options.threads)), 0)
+   end
+   lib.check(lib.C.mrt_threads_set(threads))
+   return device
+end
+
+-- Runs a recipe with the given options; returns nothing, raises on failure.
+function M.run(argv)
+   local R = require 'mrt.recipe'
+   local util = require 'mrt.util'
+   local path, overrides, options = M.parse(argv)
+   if path == nil then
+      io.stdout:write(USAGE)
+      return
+   end
+   local recipe = R.load(path)
+   if options.help then
+      print_keys(recipe)
+      return
+   end
+   local config = R.apply_overrides(recipe.config, overrides)
+   local device = setup(options)
+   local out = options.out or ('results/' .. recipe.name .. '.h5')
+   if not out:match('%.h5$') then
+      error(string.format("--out must name an .h5 file, got '%s'", out), 0)
+   end
+   util.mkdir_p(util.dirname(out))
+   local results = R.results()
+   local ctx = {
+      config = config, results = results, device = device, out = out,
+      profile = options.profile or false,
+      cache_dir = os.getenv('MRT_CACHE') or (require('mrt.ffi').root .. '/cache'),
+      log = function(fmt, ...)
+         io.stderr:write(string.format(fmt, ...), '\n')
+      end,
+   }
+   local t0 = util.now()
+   recipe.run(config, ctx)
+   local written = {}
+   for i, spec in ipairs(results.plots) do
+      local png = R.plot_path(out, spec, i)
+      results:write_plot(png, spec)
+      written[#written + 1] = png
+   end
+   local ok, err = pcall(results.write_h5, results, out, recipe, config)
+   if not ok then
+      for _, png in ipairs(written) do
+         os.remove(png)
+      end
+      error(err, 0)
+   end
+   io.stderr:write(string.format('wrote %s%s (%.0f s)\n', out,
+      #written > 0 and (' and ' .. table.concat(written, ', ')) or '', util.now() - t0))
+end
+
+function M.main(argv)
+   local ok, err = xpcall(M.run, function(e)
+      if os.getenv('MRT_DEBUG') then
+         return debug.traceback(tostring(e), 2)
+      end
+      return tostring(e)
+   end, argv)
+   if not ok then
+      io.stderr:write('mrt: ', err, '\n')
+      os.exit(1)
+   end
+end
+
+if arg and arg[0] and arg[0]:match('cli%.lua$') then
+   M.main({ ... })
+end
+
+return M
