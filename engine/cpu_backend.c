@@ -213,6 +213,22 @@ static const mrt_backend cpu_backend = {
     .sumsq = mrt_cpu_sumsq,
     .nonfinite = mrt_cpu_nonfinite,
     /* CPU_BACKEND_OPS: layer and optimizer entries are added below this line. */
+    .linear_forward = mrt_cpu_linear_forward,
+    .linear_backward = mrt_cpu_linear_backward,
+    .conv2d_forward = mrt_cpu_conv2d_forward,
+    .conv2d_backward = mrt_cpu_conv2d_backward,
+    .batchnorm_forward = mrt_cpu_batchnorm_forward,
+    .batchnorm_backward = mrt_cpu_batchnorm_backward,
+    .relu_forward = mrt_cpu_relu_forward,
+    .relu_backward = mrt_cpu_relu_backward,
+    .maxpool2d_forward = mrt_cpu_maxpool2d_forward,
+    .maxpool2d_backward = mrt_cpu_maxpool2d_backward,
+    .avgpool2d_forward = mrt_cpu_avgpool2d_forward,
+    .avgpool2d_backward = mrt_cpu_avgpool2d_backward,
+    .global_avgpool_forward = mrt_cpu_global_avgpool_forward,
+    .global_avgpool_backward = mrt_cpu_global_avgpool_backward,
+    .xent_forward = mrt_cpu_xent_forward,
+    .xent_backward = mrt_cpu_xent_backward,
 };
 
 const mrt_backend *mrt_cpu_backend(void)

@@ -113,6 +113,13 @@ typedef struct mrt_backend {
     int (*mask_mul)(mrt_ctx *ctx, float *y, const float *mask, int64_t n);
     int (*masked_sgd)(mrt_ctx *ctx, float *theta, const float *grad, const float *mask,
                       int64_t n, float lr_a, float lr_b, float weight_decay);
+
+    /* Image transforms (mrt_transform.h); the host arrays stay on the host. */
+    int (*resize_bilinear)(mrt_ctx *ctx, const mrt_tensor *x, mrt_tensor *y);
+    int (*normalize)(mrt_ctx *ctx, const mrt_tensor *x, const float *mean, const float *std,
+                     mrt_tensor *y);
+    int (*crop_flip)(mrt_ctx *ctx, const mrt_tensor *x, const int32_t *top, const int32_t *left,
+                     const uint8_t *flip, mrt_tensor *y);
 } mrt_backend;
 
 struct mrt_ctx {

@@ -47,7 +47,7 @@ fi
 
 status=0
 # shellcheck disable=SC2086
-luajit /usr/bin/busted -o TAP --lpath="$root/lua/?.lua;$root/lua/?/init.lua" $specs >"$log" 2>&1 || status=$?
+busted -o TAP $specs >"$log" 2>&1 || status=$?
 cat "$log"
 passed=$(grep -c '^ok [0-9]* - [^#]' "$log")
 skipped=$(grep -c '^ok [0-9]* - # SKIP' "$log")

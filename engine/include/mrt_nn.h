@@ -33,7 +33,10 @@ int mrt_conv2d_forward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tenso
 int mrt_conv2d_backward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tensor *dy,
                         const mrt_tensor *x, const mrt_tensor *w, mrt_tensor *dx /* optional */,
                         mrt_tensor *dw /* optional */, mrt_tensor *db /* optional */, float beta);
-/* Output size of one spatial dimension, or -1 when the input is too small. */
+/*
+ * Output size of one spatial dimension, or -1 when the input is too small or
+ * an argument is out of range (kernel, stride or dilation below 1, pad below 0).
+ */
 int64_t mrt_conv2d_out_size(int64_t in, int32_t kernel, int32_t stride, int32_t pad,
                             int32_t dilation);
 
