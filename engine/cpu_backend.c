@@ -213,6 +213,11 @@ static const mrt_backend cpu_backend = {
     .sumsq = mrt_cpu_sumsq,
     .nonfinite = mrt_cpu_nonfinite,
     /* CPU_BACKEND_OPS: layer and optimizer entries are added below this line. */
+    .sgd_update = mrt_cpu_sgd_update,
+    .adam_update = mrt_cpu_adam_update,
+    .average = mrt_cpu_average,
+    .mask_mul = mrt_cpu_mask_mul,
+    .masked_sgd = mrt_cpu_masked_sgd,
     .linear_forward = mrt_cpu_linear_forward,
     .linear_backward = mrt_cpu_linear_backward,
     .conv2d_forward = mrt_cpu_conv2d_forward,

@@ -25,9 +25,16 @@ typedef struct mrt_sgd_params {
 } mrt_sgd_params;
 
 /*
- * SGD with momentum on theta[0..n). grad may be NULL when update_buffer is 0
- * (a drift step that only applies the stored buffer). rng is needed only when
- * noise_std > 0; its counter advances by the number of normals drawn.
+ * SGD with momentum on theta[0..n). With update_buffer, the direction is
+ * g = grad + weight_decay*theta (+ noise_std*N(0,1)). The buffer becomes g on
+ * its first update, and always when momentum is 0. After that it becomes
+ * mu*buffer + (1-dampening)*g. apply steps along the buffer, or along
+ * g + mu*buffer with nesterov. buffer may be NULL only when momentum is 0 and
+ * update_buffer is 1, and the step is then along g. With update_buffer 0 (a
+ * drift step that only applies the stored buffer) grad may be NULL, and
+ * nesterov is NYI. rng is needed only when noise_std > 0. The n normals are
+ * drawn in element order, two 32-bit words each, so the generator advances
+ * by 2n words.
  */
 int mrt_sgd_update(mrt_ctx *ctx, float *theta, const float *grad /* optional */,
                    float *buffer, int64_t n, const mrt_sgd_params *p, mrt_rng *rng /* optional */);
@@ -39,10 +46,16 @@ typedef struct mrt_adam_params {
     float weight_decay;
     int32_t decoupled;     /* 1: AdamW, theta *= 1 - lr*weight_decay before the step */
     int32_t amsgrad;       /* must be 0; 1 is NYI */
-    int64_t step;          /* this update's index, from 1, for bias correction */
+    int64_t step;          /* index of the latest moment update, from 1, for bias correction */
+    int32_t update_moments; /* 1: fold grad into m and v (step counts this update) */
+    int32_t apply;         /* 1: step theta along the bias-corrected m/(sqrt(v)+eps) */
 } mrt_adam_params;
 
-/* Adam/AdamW on theta[0..n) with moment buffers m and v. */
+/*
+ * Adam/AdamW on theta[0..n) with moment buffers m and v. With update_moments 0
+ * (grad may then be NULL) the stored moments are applied again, as a drifting
+ * part does between its updates. AdamW's decoupled decay acts on every apply.
+ */
 int mrt_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m, float *v,
                     int64_t n, const mrt_adam_params *p);
 

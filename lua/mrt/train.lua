@@ -83,11 +83,13 @@ function M.fit(opts)
       for x, labels, count in opts.train:epoch() do
          step = step + 1
          local step_start, feval_s = util.now(), 0
-         local function feval()
+         -- Multi-brain optimizers pass the brain to run; others pass nothing.
+         local function feval(net)
+            net = net or model
             local t0 = profiler and util.now()
-            local logits = model:forward(x)
+            local logits = net:forward(x)
             local loss = criterion:forward(logits, labels)
-            model:backward(x, criterion:backward(1), false)
+            net:backward(x, criterion:backward(1), false)
             if profiler then
                feval_s = feval_s + util.now() - t0
             end

@@ -1,0 +1,312 @@
+/*
+ * optim.c: the fused optimizer updates of mrt_optim.h: argument checks in the
+ * public wrappers, then the CPU implementations (mrt_cpu_*), one OpenMP pass
+ * over the elements each.
+ *
+ * Arithmetic is float32 in PyTorch 1.13's order of operations (torch.optim
+ * _single_tensor_sgd and _single_tensor_adam), so a step agrees with PyTorch
+ * to float32 rounding. Scalars that PyTorch computes as Python floats (Adam's
+ * bias corrections) are computed here in double and rounded once.
+ */
+#include <math.h>
+
+#include "cpu.h"
+
+/* Loops shorter than this run on one thread: forking costs more than it saves. */
+#define PARALLEL_MIN 32768
+/* Langevin noise is drawn in chunks of this many normals (one scratch slot). */
+#define NOISE_CHUNK 65536
+#define NOISE_SLOT 0
+
+/* ---- argument checks ----------------------------------------------------- */
+
+static int check_ctx_n(const char *fn, const mrt_ctx *ctx, int64_t n)
+{
+    if (ctx == NULL)
+        return mrt_fail(MRT_EINVAL, "%s: missing context", fn);
+    if (n < 0)
+        return mrt_fail(MRT_EINVAL, "%s: element count %lld is negative", fn, (long long)n);
+    return MRT_OK;
+}
+
+/* Fails when a pointer that n > 0 elements need is NULL. */
+static int check_ptr(const char *fn, const char *name, const void *p, int64_t n)
+{
+    if (p == NULL && n > 0)
+        return mrt_fail(MRT_EINVAL, "%s: missing array '%s' for %lld elements", fn, name,
+                        (long long)n);
+    return MRT_OK;
+}
+
+/* Fails unless lo <= v (and v <= hi when hi is finite) and v is finite. */
+static int check_range(const char *fn, const char *name, double v, double lo, double hi)
+{
+    if (isnan(v))
+        return mrt_fail(MRT_EINVAL, "%s: %s is nan (expected a finite number)", fn, name);
+    if (!isfinite(v) || v < lo || v > hi) {
+        if (isinf(hi))
+            return mrt_fail(MRT_EINVAL, "%s: %s is %g (expected a finite number >= %g)", fn, name,
+                            v, lo);
+        return mrt_fail(MRT_EINVAL, "%s: %s is %g (expected a number in [%g, %g])", fn, name, v,
+                        lo, hi);
+    }
+    return MRT_OK;
+}
+
+static int check_flag(const char *fn, const char *name, int32_t v)
+{
+    if (v != 0 && v != 1)
+        return mrt_fail(MRT_EINVAL, "%s: %s is %d (expected 0 or 1)", fn, name, (int)v);
+    return MRT_OK;
+}
+
+static int check_sgd_params(const char *fn, const mrt_sgd_params *p)
+{
+    MRT_TRY(check_range(fn, "lr", p->lr, 0.0, INFINITY));
+    MRT_TRY(check_range(fn, "momentum", p->momentum, 0.0, INFINITY));
+    MRT_TRY(check_range(fn, "dampening", p->dampening, -INFINITY, INFINITY));
+    MRT_TRY(check_range(fn, "weight_decay", p->weight_decay, 0.0, INFINITY));
+    MRT_TRY(check_range(fn, "noise_std", p->noise_std, 0.0, INFINITY));
+    MRT_TRY(check_flag(fn, "nesterov", p->nesterov));
+    MRT_TRY(check_flag(fn, "first", p->first));
+    MRT_TRY(check_flag(fn, "update_buffer", p->update_buffer));
+    MRT_TRY(check_flag(fn, "apply", p->apply));
+    if (p->nesterov && (p->momentum <= 0.0f || p->dampening != 0.0f))
+        return mrt_fail(MRT_EINVAL, "%s: nesterov needs momentum > 0 and dampening 0, got "
+                        "momentum %g and dampening %g", fn, p->momentum, p->dampening);
+    if (!p->update_buffer && !p->apply)
+        return mrt_fail(MRT_EINVAL, "%s: update_buffer and apply are both 0 (nothing to do)", fn);
+    if (!p->update_buffer && p->nesterov)
+        return mrt_fail(MRT_EINVAL, "%s: NYI: applying a stored buffer (update_buffer 0) with "
+                        "nesterov momentum", fn);
+    return MRT_OK;
+}
+
+/* ---- public wrappers ------------------------------------------------------ */
+
+int mrt_sgd_update(mrt_ctx *ctx, float *theta, const float *grad, float *buffer, int64_t n,
+                   const mrt_sgd_params *p, mrt_rng *rng)
+{
+    static const char fn[] = "mrt_sgd_update";
+
+    MRT_TRY(check_ctx_n(fn, ctx, n));
+    if (p == NULL)
+        return mrt_fail(MRT_EINVAL, "%s: missing parameters 'p'", fn);
+    MRT_TRY(check_sgd_params(fn, p));
+    MRT_TRY(check_ptr(fn, "theta", theta, n));
+    if (p->update_buffer)
+        MRT_TRY(check_ptr(fn, "grad", grad, n));
+    if (buffer == NULL && n > 0 && (p->momentum != 0.0f || !p->update_buffer))
+        return mrt_fail(MRT_EINVAL, "%s: missing array 'buffer' (needed when momentum is %g "
+                        "and update_buffer is %d)", fn, p->momentum, (int)p->update_buffer);
+    if (p->noise_std > 0.0f && p->update_buffer && rng == NULL)
+        return mrt_fail(MRT_EINVAL, "%s: noise_std is %g but no generator 'rng' was given", fn,
+                        p->noise_std);
+    if (n == 0)
+        return MRT_OK;
+    return MRT_DISPATCH(ctx, sgd_update, theta, grad, buffer, n, p, rng);
+}
+
+int mrt_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m, float *v,
+                    int64_t n, const mrt_adam_params *p)
+{
+    static const char fn[] = "mrt_adam_update";
+
+    MRT_TRY(check_ctx_n(fn, ctx, n));
+    if (p == NULL)
+        return mrt_fail(MRT_EINVAL, "%s: missing parameters 'p'", fn);
+    MRT_TRY(check_range(fn, "lr", p->lr, 0.0, INFINITY));
+    MRT_TRY(check_range(fn, "beta1", p->beta1, 0.0, nextafter(1.0, 0.0)));
+    MRT_TRY(check_range(fn, "beta2", p->beta2, 0.0, nextafter(1.0, 0.0)));
+    MRT_TRY(check_range(fn, "eps", p->eps, 0.0, INFINITY));
+    MRT_TRY(check_range(fn, "weight_decay", p->weight_decay, 0.0, INFINITY));
+    MRT_TRY(check_flag(fn, "decoupled", p->decoupled));
+    MRT_TRY(check_flag(fn, "update_moments", p->update_moments));
+    MRT_TRY(check_flag(fn, "apply", p->apply));
+    if (p->amsgrad != 0)
+        return mrt_fail(MRT_ENYI, "NYI: %s: amsgrad", fn);
+    if (p->step < 1)
+        return mrt_fail(MRT_EINVAL, "%s: step is %lld (expected the update's index, from 1)", fn,
+                        (long long)p->step);
+    if (!p->update_moments && !p->apply)
+        return mrt_fail(MRT_EINVAL, "%s: update_moments and apply are both 0 (nothing to do)", fn);
+    MRT_TRY(check_ptr(fn, "theta", theta, n));
+    if (p->update_moments)
+        MRT_TRY(check_ptr(fn, "grad", grad, n));
+    MRT_TRY(check_ptr(fn, "m", m, n));
+    MRT_TRY(check_ptr(fn, "v", v, n));
+    if (n == 0)
+        return MRT_OK;
+    return MRT_DISPATCH(ctx, adam_update, theta, grad, m, v, n, p);
+}
+
+int mrt_average(mrt_ctx *ctx, float *dst, const float *const *srcs, int count, int64_t n)
+{
+    static const char fn[] = "mrt_average";
+
+    MRT_TRY(check_ctx_n(fn, ctx, n));
+    if (count < 1)
+        return mrt_fail(MRT_EINVAL, "%s: count is %d (expected at least 1 source)", fn, count);
+    MRT_TRY(check_ptr(fn, "dst", dst, n));
+    MRT_TRY(check_ptr(fn, "srcs", srcs, n));
+    for (int j = 0; j < count && n > 0; j++)
+        if (srcs[j] == NULL)
+            return mrt_fail(MRT_EINVAL, "%s: source %d of %d is NULL", fn, j, count);
+    if (n == 0)
+        return MRT_OK;
+    return MRT_DISPATCH(ctx, average, dst, srcs, count, n);
+}
+
+int mrt_mask_mul(mrt_ctx *ctx, float *y, const float *mask, int64_t n)
+{
+    static const char fn[] = "mrt_mask_mul";
+
+    MRT_TRY(check_ctx_n(fn, ctx, n));
+    MRT_TRY(check_ptr(fn, "y", y, n));
+    MRT_TRY(check_ptr(fn, "mask", mask, n));
+    if (n == 0)
+        return MRT_OK;
+    return MRT_DISPATCH(ctx, mask_mul, y, mask, n);
+}
+
+int mrt_masked_sgd(mrt_ctx *ctx, float *theta, const float *grad, const float *mask, int64_t n,
+                   float lr_a, float lr_b, float weight_decay)
+{
+    static const char fn[] = "mrt_masked_sgd";
+
+    MRT_TRY(check_ctx_n(fn, ctx, n));
+    MRT_TRY(check_range(fn, "lr_a", lr_a, 0.0, INFINITY));
+    MRT_TRY(check_range(fn, "lr_b", lr_b, 0.0, INFINITY));
+    MRT_TRY(check_range(fn, "weight_decay", weight_decay, 0.0, INFINITY));
+    MRT_TRY(check_ptr(fn, "theta", theta, n));
+    MRT_TRY(check_ptr(fn, "grad", grad, n));
+    MRT_TRY(check_ptr(fn, "mask", mask, n));
+    if (n == 0)
+        return MRT_OK;
+    return MRT_DISPATCH(ctx, masked_sgd, theta, grad, mask, n, lr_a, lr_b, weight_decay);
+}
+
+/* ---- CPU implementations ---------------------------------------------------- */
+
+/*
+ * One SGD pass over [0, n) with an optional precomputed noise array. The
+ * branches on the flags are loop-invariant, so the compiler hoists them.
+ */
+static void sgd_pass(float *theta, const float *grad, float *buffer, const float *noise,
+                     int64_t n, const mrt_sgd_params *p)
+{
+    const float lr = p->lr, mu = p->momentum, damp = 1.0f - p->dampening;
+    const float wd = p->weight_decay, std = p->noise_std;
+    const int first = p->first || mu == 0.0f;
+
+#pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float dir;
+        if (p->update_buffer) {
+            float g = grad[i];
+            if (wd != 0.0f)
+                g = g + wd * theta[i];
+            if (noise != NULL)
+                g = g + std * noise[i];
+            if (buffer != NULL) {
+                float b = first ? g : mu * buffer[i] + damp * g;
+                buffer[i] = b;
+                dir = p->nesterov ? g + mu * b : b;
+            } else {
+                dir = g;
+            }
+        } else {
+            dir = buffer[i];
+        }
+        if (p->apply)
+            theta[i] = theta[i] - lr * dir;
+    }
+}
+
+int mrt_cpu_sgd_update(mrt_ctx *ctx, float *theta, const float *grad, float *buffer, int64_t n,
+                       const mrt_sgd_params *p, mrt_rng *rng)
+{
+    if (p->noise_std == 0.0f || !p->update_buffer) {
+        sgd_pass(theta, grad, buffer, NULL, n, p);
+        return MRT_OK;
+    }
+    /* The generator is sequential: draw a chunk, then update that chunk in parallel. */
+    float *noise = mrt_cpu_scratch(ctx, NOISE_SLOT, n < NOISE_CHUNK ? n : NOISE_CHUNK);
+    if (noise == NULL)
+        return MRT_ENOMEM;
+    for (int64_t base = 0; base < n; base += NOISE_CHUNK) {
+        int64_t m = n - base < NOISE_CHUNK ? n - base : NOISE_CHUNK;
+        mrt_rng_fill_normal(rng, noise, m, 0.0f, 1.0f);
+        sgd_pass(theta + base, grad + base, buffer != NULL ? buffer + base : NULL, noise, m, p);
+    }
+    return MRT_OK;
+}
+
+int mrt_cpu_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m, float *v,
+                        int64_t n, const mrt_adam_params *p)
+{
+    const float lr = p->lr, b1 = p->beta1, b2 = p->beta2, eps = p->eps;
+    const float wd = p->weight_decay;
+    const double step = (double)p->step;
+    const float step_size = (float)((double)p->lr / (1.0 - pow((double)p->beta1, step)));
+    const float bc2_sqrt = (float)sqrt(1.0 - pow((double)p->beta2, step));
+    const float decay = (float)(1.0 - (double)lr * (double)wd);
+
+    (void)ctx;
+#pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float t = theta[i];
+        if (p->apply && p->decoupled && wd != 0.0f)
+            t = t * decay;
+        if (p->update_moments) {
+            float g = grad[i];
+            if (!p->decoupled && wd != 0.0f)
+                g = g + wd * theta[i];
+            m[i] = b1 * m[i] + (1.0f - b1) * g;
+            v[i] = b2 * v[i] + (1.0f - b2) * g * g;
+        }
+        if (p->apply) {
+            float denom = sqrtf(v[i]) / bc2_sqrt + eps;
+            t = t - step_size * (m[i] / denom);
+        }
+        theta[i] = t;
+    }
+    return MRT_OK;
+}
+
+int mrt_cpu_average(mrt_ctx *ctx, float *dst, const float *const *srcs, int count, int64_t n)
+{
+    (void)ctx;
+#pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float s = 0.0f;
+        for (int j = 0; j < count; j++)
+            s += srcs[j][i];
+        dst[i] = s / (float)count;
+    }
+    return MRT_OK;
+}
+
+int mrt_cpu_mask_mul(mrt_ctx *ctx, float *y, const float *mask, int64_t n)
+{
+    (void)ctx;
+#pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = y[i] * mask[i];
+    return MRT_OK;
+}
+
+int mrt_cpu_masked_sgd(mrt_ctx *ctx, float *theta, const float *grad, const float *mask,
+                       int64_t n, float lr_a, float lr_b, float weight_decay)
+{
+    (void)ctx;
+#pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float g = grad[i];
+        if (weight_decay != 0.0f)
+            g = g + weight_decay * theta[i];
+        float lr = mask[i] != 0.0f ? lr_b : lr_a;
+        theta[i] = theta[i] - lr * g;
+    }
+    return MRT_OK;
+}
