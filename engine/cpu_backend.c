@@ -234,6 +234,9 @@ static const mrt_backend cpu_backend = {
     .global_avgpool_backward = mrt_cpu_global_avgpool_backward,
     .xent_forward = mrt_cpu_xent_forward,
     .xent_backward = mrt_cpu_xent_backward,
+    .resize_bilinear = mrt_cpu_resize_bilinear,
+    .normalize = mrt_cpu_normalize,
+    .crop_flip = mrt_cpu_crop_flip,
 };
 
 const mrt_backend *mrt_cpu_backend(void)

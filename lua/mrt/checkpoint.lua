@@ -1,16 +1,53 @@
--- mrt.checkpoint: model state by name, in mrt's HDF5 checkpoints and in
+-- mrt.checkpoint: model state by name, mrt's own HDF5 checkpoints, and
 -- safetensors files as published for torchvision/timm ResNets.
 --
--- A state is a map from dotted names (`layer1.0.bn1.running_mean`) to CPU
+-- A state is a map from dotted names (`layer1.0.bn1.running_mean`) to
 -- Tensors covering every parameter and batch-norm buffer. Loading checks
 -- every name: missing, unexpected and wrong-shaped tensors are all listed
--- in one error unless the caller asks to be lenient.
+-- in one error unless the caller passes strict = false.
+--
+-- A checkpoint (M.save, M.load) is an HDF5 file holding everything needed
+-- to continue a run bit for bit:
+--
+--    /              attributes format = 'mrt-checkpoint', format_version = 1,
+--                   mrt_version
+--    /model/<name>  every parameter and buffer (f32, dotted names), and
+--                   <bn>.num_batches_tracked (f64) for each batch norm
+--    /optimizer     what opt:state() returned
+--    /step          the step counter (f64)
+--    /rng           Generator states {seed, counter}
+--    /data          the loader position (loader:position())
+--    /extra         anything else the caller passes
+--
+-- /model, /optimizer, /rng and /data may also hold a map name -> object
+-- (one per brain, say), one subgroup per name. Values below these groups
+-- are Lua values stored as: a table as a group (keys escaped, see
+-- encode_key; an empty table as a scalar i16 dataset), a Tensor as an f32
+-- dataset of its shape, a number as a scalar f64 dataset (exact for every
+-- Lua number), a boolean as a scalar u8 dataset (0 or 1), and a string as
+-- a scalar i8 dataset whose attribute `value` contains the text.
 
 local T = require 'mrt.tensor'
+local lib = require 'mrt.ffi'
 
 local M = {}
 
--- The model's state as name -> Tensor (on the model's device, shared, not copied).
+M.FORMAT = 'mrt-checkpoint'
+M.FORMAT_VERSION = 1
+
+local function is_tensor(v)
+   return type(v) == 'table' and getmetatable(v) == T.Tensor
+end
+
+local function is_module(v)
+   return type(v) == 'table' and type(v.parameters) == 'function'
+      and type(v.named_buffers) == 'function'
+end
+
+------------------------------------------------------------------ state
+
+-- The model's state as name -> Tensor (on the model's device, shared, not
+-- copied), and the names in order: parameters, then buffers.
 function M.state_dict(model)
    local state, order = {}, {}
    for _, p in ipairs(model:parameters()) do
@@ -24,76 +61,147 @@ function M.state_dict(model)
    return state, order
 end
 
--- Names that checkpoints carry but mrt keeps elsewhere or does not need:
--- PyTorch's batch-norm step counter is only used when momentum is None.
-local function ignorable(name)
-   return name:match('%.num_batches_tracked$') ~= nil
+-- Batch-norm step counters: name ('<module>.num_batches_tracked') -> module.
+-- The counter is a number field of the module, not a tensor buffer.
+local function counters(model)
+   local out = {}
+   for _, m in ipairs(model:named_modules()) do
+      if type(m.module.num_batches_tracked) == 'number' then
+         local prefix = m.name == '' and '' or m.name .. '.'
+         out[prefix .. 'num_batches_tracked'] = m.module
+      end
+   end
+   return out
 end
 
--- Copies tensors (name -> Tensor, any device) into the model's parameters
--- and buffers. opts.strict (default true) makes any missing, unexpected or
--- wrong-shaped name an error; with strict = false they are skipped and
--- returned in the report { missing = {}, unexpected = {}, mismatched = {} }.
--- opts.prefix is stripped from incoming names (e.g. 'module.').
-function M.load_state(model, tensors, opts)
-   opts = opts or {}
-   local strict = opts.strict ~= false
-   local state, order = M.state_dict(model)
-   local report = { missing = {}, unexpected = {}, mismatched = {}, loaded = 0 }
+local function shape_of(value)
+   if is_tensor(value) then
+      return value:shape_string()
+   end
+   return 'a ' .. type(value)
+end
+
+local function same_shape(src, dst)
+   return is_tensor(src) and T.shape_string(src.shape) == T.shape_string(dst.shape)
+end
+
+-- A counter value from a checkpoint: a number, or a one-element Tensor
+-- (safetensors files store it as an int64 tensor of shape []).
+local function counter_value(v)
+   if type(v) == 'number' then
+      return v
+   end
+   if is_tensor(v) and v:numel() == 1 then
+      return v:get(1)
+   end
+   return nil
+end
+
+-- The error for a strict load that found problems, listing all of them.
+local function mismatch_message(report)
+   local parts = {}
+   for _, kind in ipairs({ 'missing', 'unexpected', 'mismatched' }) do
+      if #report[kind] > 0 then
+         parts[#parts + 1] = string.format('%d %s: %s', #report[kind], kind,
+            table.concat(report[kind], ', '))
+      end
+   end
+   return 'load_state: checkpoint does not match the model (' .. table.concat(parts, '; ')
+      .. '); pass strict = false to load the matching tensors only'
+end
+
+-- Strips opts.prefix from incoming names; a name without it is kept as is.
+local function strip_prefix(tensors, prefix)
    local incoming = {}
    for name, t in pairs(tensors) do
       local key = name
-      if opts.prefix and key:sub(1, #opts.prefix) == opts.prefix then
-         key = key:sub(#opts.prefix + 1)
+      if prefix and key:sub(1, #prefix) == prefix then
+         key = key:sub(#prefix + 1)
       end
       incoming[key] = t
    end
+   return incoming
+end
+
+-- Compares incoming names with the model's; returns the report.
+local function match_names(state, order, bn_counters, incoming)
+   local report = { missing = {}, unexpected = {}, mismatched = {}, loaded = 0 }
    for _, name in ipairs(order) do
       local src, dst = incoming[name], state[name]
       if src == nil then
          report.missing[#report.missing + 1] = name
-      elseif src:numel() ~= dst:numel() or src:dim() ~= dst:dim()
-         or T.shape_string(src.shape) ~= T.shape_string(dst.shape) then
-         report.mismatched[#report.mismatched + 1] = string.format('%s (checkpoint %s, model %s)',
-            name, src:shape_string(), dst:shape_string())
+      elseif not same_shape(src, dst) then
+         report.mismatched[#report.mismatched + 1] = string.format(
+            '%s (checkpoint %s, model %s)', name, shape_of(src), dst:shape_string())
       end
    end
    local unexpected = {}
-   for name in pairs(incoming) do
-      if state[name] == nil and not ignorable(name) then
+   for name, v in pairs(incoming) do
+      if bn_counters[name] ~= nil then
+         if counter_value(v) == nil then
+            report.mismatched[#report.mismatched + 1] = string.format(
+               '%s (checkpoint %s, model a number)', name, shape_of(v))
+         end
+      elseif state[name] == nil then
          unexpected[#unexpected + 1] = name
       end
    end
    table.sort(unexpected)
+   table.sort(report.mismatched)
    report.unexpected = unexpected
+   return report
+end
+
+-- load_state, raising its error at the given level as seen from its
+-- caller, for the loaders that call it on their own caller's behalf.
+local function load_state_at(model, tensors, opts, level)
+   opts = opts or {}
+   local state, order = M.state_dict(model)
+   local bn_counters = counters(model)
+   local incoming = strip_prefix(tensors, opts.prefix)
+   local report = match_names(state, order, bn_counters, incoming)
    local bad = #report.missing + #report.unexpected + #report.mismatched
-   if strict and bad > 0 then
-      local parts = {}
-      for _, kind in ipairs({ 'missing', 'unexpected', 'mismatched' }) do
-         if #report[kind] > 0 then
-            parts[#parts + 1] = string.format('%d %s: %s', #report[kind], kind,
-               table.concat(report[kind], ', '))
-         end
-      end
-      error('load_state: checkpoint does not match the model (' .. table.concat(parts, '; ')
-         .. '); pass strict = false to load the matching tensors only', 2)
+   if opts.strict ~= false and bad > 0 then
+      error(mismatch_message(report), level + 1)
    end
    for _, name in ipairs(order) do
       local src, dst = incoming[name], state[name]
-      if src ~= nil and src:numel() == dst:numel()
-         and T.shape_string(src.shape) == T.shape_string(dst.shape) then
+      if src ~= nil and same_shape(src, dst) then
          dst:copy(src)
+         report.loaded = report.loaded + 1
+      end
+   end
+   for name, mod in pairs(bn_counters) do
+      local v = incoming[name] ~= nil and counter_value(incoming[name]) or nil
+      if v ~= nil then
+         mod.num_batches_tracked = v
          report.loaded = report.loaded + 1
       end
    end
    return report
 end
 
--- Loads a safetensors file (F32, F16, BF16 or F64 tensors) into the model by name.
+-- Copies tensors (name -> Tensor, any device) into the model's parameters
+-- and buffers. opts.strict (default true) makes any missing, unexpected or
+-- wrong-shaped name an error that lists them all; with strict = false they
+-- are skipped and returned in the report { missing = {}, unexpected = {},
+-- mismatched = {}, loaded = <count> }. opts.prefix is stripped from
+-- incoming names (e.g. 'module.'). Batch-norm counters
+-- (<bn>.num_batches_tracked, a number or a one-element Tensor) are loaded
+-- when present and never reported missing: PyTorch reads them only when a
+-- batch norm's momentum is None, which mrt does not support.
+function M.load_state(model, tensors, opts)
+   local report = load_state_at(model, tensors, opts, 2)
+   return report
+end
+
+-- Loads a safetensors file (F32, F16, BF16 or F64 tensors, converted to
+-- float32 by the reader) into the model by name; opts as load_state.
 function M.load_safetensors(model, path, opts)
    local mio = require 'mrt.io'
    local tensors = mio.safetensors_read(path)
-   return M.load_state(model, tensors, opts)
+   local report = load_state_at(model, tensors, opts, 2)
+   return report
 end
 
 -- Writes the model's parameters and buffers as a safetensors file (float32).
@@ -106,5 +214,325 @@ function M.save_safetensors(model, path, metadata)
    end
    mio.safetensors_write(path, list, metadata or {})
 end
+
+------------------------------------------------------------- value trees
+
+-- HDF5 link name of a table key. Strings keep their text with '%' and '/'
+-- percent-encoded, a leading '#' as %23, '.' alone as %2E and '' as '%';
+-- numbers become '#' followed by the number.
+local function encode_key(key, path)
+   if type(key) == 'number' then
+      if key ~= key or key == math.huge or key == -math.huge then
+         error(string.format('checkpoint.save: %s has a non-finite key', path), 0)
+      end
+      return '#' .. string.format('%.17g', key)
+   end
+   if type(key) ~= 'string' then
+      error(string.format('checkpoint.save: %s has a %s key (expected strings and numbers)',
+         path, type(key)), 0)
+   end
+   if key == '' then
+      return '%'
+   end
+   local name = key:gsub('[%%/]', function(c) return string.format('%%%02X', c:byte()) end)
+   if name:sub(1, 1) == '#' then
+      name = '%23' .. name:sub(2)
+   end
+   if name == '.' then
+      name = '%2E'
+   end
+   return name
+end
+
+local function decode_key(name)
+   if name:sub(1, 1) == '#' then
+      return tonumber(name:sub(2))
+   end
+   if name == '%' then
+      return ''
+   end
+   return (name:gsub('%%(%x%x)', function(hex) return string.char(tonumber(hex, 16)) end))
+end
+
+-- Writes a Lua value at path; seen guards against cycles. Errors carry no
+-- position, and save re-raises them unchanged.
+local function write_value(h, path, value, seen)
+   local kind = type(value)
+   if is_tensor(value) then
+      h:write(path, value, 'f32')
+   elseif kind == 'number' then
+      h:write(path, value, 'f64')
+   elseif kind == 'boolean' then
+      h:write(path, value and 1 or 0, 'u8')
+   elseif kind == 'string' then
+      h:write(path, 0, 'i8')
+      h:attr(path, 'value', value)
+   elseif kind == 'table' then
+      if seen[value] then
+         error(string.format('checkpoint.save: %s refers to a table that contains it', path),
+            0)
+      end
+      seen[value] = true
+      local empty = true
+      for key, v in pairs(value) do
+         empty = false
+         write_value(h, path .. '/' .. encode_key(key, path), v, seen)
+      end
+      if empty then
+         h:write(path, 0, 'i16')
+      end
+      seen[value] = nil
+   else
+      error(string.format('checkpoint.save: %s is a %s (expected a Tensor, number, boolean, '
+         .. 'string or table)', path, kind), 0)
+   end
+end
+
+-- Reads back what write_value wrote. Tensors come back on the CPU.
+local function read_value(h, path, kind)
+   if kind == 'group' then
+      local out = {}
+      local names, kinds = h:list(path)
+      for _, name in ipairs(names) do
+         out[decode_key(name)] = read_value(h, path .. '/' .. name, kinds[name])
+      end
+      return out
+   end
+   local dtype = h:info(path).dtype
+   if dtype == 'f32' then
+      return h:read_tensor(path, 'cpu')
+   elseif dtype == 'f64' then
+      return h:read(path)
+   elseif dtype == 'u8' then
+      return h:read(path) ~= 0
+   elseif dtype == 'i8' then
+      return h:attrs(path).value
+   elseif dtype == 'i16' then
+      return {}
+   end
+   error(string.format("checkpoint.load: '%s' in '%s' has element type %s, which no "
+      .. 'checkpoint value uses', path, h.path, tostring(dtype)), 3)
+end
+
+------------------------------------------------------------- checkpoints
+
+-- The model's full state as a value tree: parameters, buffers, counters.
+local function model_tree(model)
+   local tree = M.state_dict(model)
+   for name, mod in pairs(counters(model)) do
+      tree[name] = mod.num_batches_tracked
+   end
+   return tree
+end
+
+-- Applies fn to an object, or to each entry of a map of objects (brains).
+-- is_one(value) is true for a single object.
+local function each(value, is_one, fn)
+   if is_one(value) then
+      return fn(value)
+   end
+   local out = {}
+   for key, v in pairs(value) do
+      out[key] = fn(v, key)
+   end
+   return out
+end
+
+local function has_method(name)
+   return function(v)
+      return type(v) == 'table' and type(v[name]) == 'function'
+   end
+end
+
+local is_optimizer, is_generator = has_method('state'), has_method('get_state')
+local is_loader = has_method('position')
+
+local SAVE_KEYS = { model = 1, optimizer = 1, step = 1, rng = 1, data = 1, extra = 1 }
+
+-- The value tree of each section that save writes.
+local function save_sections(parts)
+   local sections = {}
+   if parts.model ~= nil then
+      sections.model = each(parts.model, is_module, model_tree)
+   end
+   if parts.optimizer ~= nil then
+      sections.optimizer = each(parts.optimizer, is_optimizer, function(o) return o:state() end)
+   end
+   if parts.rng ~= nil then
+      sections.rng = each(parts.rng, is_generator, function(g) return g:get_state() end)
+   end
+   if parts.data ~= nil then
+      sections.data = is_loader(parts.data) and parts.data:position() or parts.data
+   end
+   sections.step = parts.step
+   sections.extra = parts.extra
+   return sections
+end
+
+local function write_checkpoint(h, sections)
+   h:attr('/', 'format', M.FORMAT)
+   h:attr('/', 'format_version', M.FORMAT_VERSION, 'i64')
+   h:attr('/', 'mrt_version', lib.ffi.string(lib.C.mrt_version()))
+   for _, key in ipairs({ 'model', 'optimizer', 'step', 'rng', 'data', 'extra' }) do
+      if sections[key] ~= nil then
+         write_value(h, '/' .. key, sections[key], {})
+      end
+   end
+end
+
+-- Writes a checkpoint to path through a temporary file renamed into place,
+-- so a failed save leaves any older file at path untouched. parts (all
+-- optional): model (a Module, or a map name -> Module), optimizer (an
+-- object with :state(), or a map of them), step (a number), rng (a
+-- Generator or a map of Generators), data (a loader, saved as its
+-- :position(), or any value tree) and extra (any value tree).
+function M.save(path, parts)
+   if type(path) ~= 'string' or type(parts) ~= 'table' then
+      error('checkpoint.save: expected (path, {model=, optimizer=, step=, rng=, data=, '
+         .. 'extra=})', 2)
+   end
+   for key in pairs(parts) do
+      if not SAVE_KEYS[key] then
+         error(string.format("checkpoint.save: unknown part '%s' (expected model, optimizer, "
+            .. 'step, rng, data, extra)', tostring(key)), 2)
+      end
+   end
+   if parts.step ~= nil and type(parts.step) ~= 'number' then
+      error('checkpoint.save: step must be a number, got ' .. type(parts.step), 2)
+   end
+   local sections = save_sections(parts)
+   local mio = require 'mrt.io'
+   local h = mio.h5_create(path)
+   local ok, err = pcall(write_checkpoint, h, sections)
+   if not ok then
+      h:abort()
+      error(err, 0)
+   end
+   h:commit()
+end
+
+-- Opens a checkpoint and checks its format attributes.
+local function open_checkpoint(path, level)
+   local mio = require 'mrt.io'
+   local h = mio.h5_open(path)
+   local attrs = h:attrs('/')
+   if attrs.format ~= M.FORMAT then
+      h:close()
+      error(string.format("checkpoint.load: '%s' is not an mrt checkpoint (attribute format is "
+         .. "%s, expected '%s')", path, attrs.format == nil and 'missing'
+         or "'" .. tostring(attrs.format) .. "'", M.FORMAT), level + 1)
+   end
+   local version = attrs.format_version
+   if version ~= M.FORMAT_VERSION then
+      h:close()
+      error(string.format("checkpoint.load: '%s' has format version %s; this mrt reads "
+         .. 'version %d', path, tostring(version), M.FORMAT_VERSION), level + 1)
+   end
+   return h
+end
+
+local function read_sections(h)
+   local sections = {}
+   local names, kinds = h:list('/')
+   for _, name in ipairs(names) do
+      sections[name] = read_value(h, '/' .. name, kinds[name])
+   end
+   return sections
+end
+
+-- Loads the model section into a Module or a map name -> Module.
+local function load_models(model, tree, opts, path, level)
+   if is_module(model) then
+      local report = load_state_at(model, tree, { strict = opts.strict }, level)
+      return report
+   end
+   local reports = {}
+   for key, m in pairs(model) do
+      if type(tree[key]) ~= 'table' then
+         error(string.format("checkpoint.load: '%s' has no model '%s'", path, tostring(key)),
+            level + 1)
+      end
+      reports[key] = load_state_at(m, tree[key], { strict = opts.strict }, level)
+   end
+   return reports
+end
+
+-- Calls restore(object, state) for an object or each object of a map.
+local function restore_each(objects, states, is_one, restore, what, path, level)
+   if is_one(objects) then
+      restore(objects, states)
+      return
+   end
+   for key, obj in pairs(objects) do
+      if states[key] == nil then
+         error(string.format("checkpoint.load: '%s' has no %s '%s'", path, what, tostring(key)),
+            level + 1)
+      end
+      restore(obj, states[key])
+   end
+end
+
+local LOAD_KEYS = { model = 1, optimizer = 1, rng = 1, data = 1, strict = 1 }
+
+local function check_load_opts(path, opts, level)
+   if type(path) ~= 'string' or type(opts) ~= 'table' then
+      error('checkpoint.load: expected (path, {model=, optimizer=, rng=, data=, strict=})',
+         level + 1)
+   end
+   for key in pairs(opts) do
+      if not LOAD_KEYS[key] then
+         error(string.format("checkpoint.load: unknown option '%s' (expected model, optimizer, "
+            .. 'rng, data, strict)', tostring(key)), level + 1)
+      end
+   end
+end
+
+-- Applies the sections to the objects in opts, in an order that lets a
+-- generator shared by the loader end in its saved state: model, optimizer,
+-- data position, then generators.
+local function apply_sections(sections, opts, path, level)
+   local result = { step = sections.step, extra = sections.extra, data = sections.data,
+      rng = sections.rng, optimizer = sections.optimizer }
+   for _, key in ipairs({ 'model', 'optimizer', 'rng', 'data' }) do
+      if opts[key] ~= nil and sections[key] == nil then
+         error(string.format("checkpoint.load: '%s' has no %s section", path, key), level + 1)
+      end
+   end
+   if opts.model ~= nil then
+      result.report = load_models(opts.model, sections.model, opts, path, level + 1)
+   end
+   if opts.optimizer ~= nil then
+      restore_each(opts.optimizer, sections.optimizer, is_optimizer,
+         function(o, s) o:load_state(s) end, 'optimizer', path, level + 1)
+   end
+   if opts.data ~= nil and type(opts.data.set_position) == 'function' then
+      opts.data:set_position(sections.data)
+   end
+   if opts.rng ~= nil then
+      restore_each(opts.rng, sections.rng, is_generator,
+         function(g, s) g:set_state(s) end, 'generator', path, level + 1)
+   end
+   return result
+end
+
+-- Reads a checkpoint and restores what opts names: model (a Module or a
+-- map, loaded by name; strict as in load_state, default true), optimizer
+-- (:load_state), data (a loader: :set_position) and rng (:set_state).
+-- Returns { step =, extra =, data =, rng =, optimizer = (the saved values),
+-- report = (load_state's report, or a map of them) }.
+function M.load(path, opts)
+   opts = opts or {}
+   check_load_opts(path, opts, 2)
+   local h = open_checkpoint(path, 2)
+   local ok, sections = pcall(read_sections, h)
+   h:close()
+   if not ok then
+      error(sections, 0)
+   end
+   local result = apply_sections(sections, opts, path, 2)
+   return result
+end
+
+M.encode_key, M.decode_key = encode_key, decode_key
 
 return M

@@ -20,7 +20,8 @@ end
 
 M.root = os.getenv('MRT_HOME') or script_root()
 
-local HEADERS = { 'mrt_core.h', 'mrt_tensor.h', 'mrt_nn.h', 'mrt_optim.h', 'mrt_io.h' }
+local HEADERS = { 'mrt_core.h', 'mrt_tensor.h', 'mrt_nn.h', 'mrt_optim.h', 'mrt_io.h',
+   'mrt_transform.h' }
 
 local function read_header(name)
    local path = M.root .. '/engine/include/' .. name

@@ -76,6 +76,14 @@ local function check_opts(opts)
       error(string.format("resnet: unknown block '%s' (expected 'basic' or 'bottleneck')",
          tostring(opts.block)), 3)
    end
+   local layers, widths = opts.layers or { 2, 2, 2, 2 }, opts.widths or { 64, 128, 256, 512 }
+   if type(layers) ~= 'table' or type(widths) ~= 'table' or #layers ~= #widths
+         or #layers == 0 then
+      error(string.format('resnet: layers and widths must be lists of equal length '
+         .. '(one entry per stage), got %s and %s entries',
+         type(layers) == 'table' and #layers or type(layers),
+         type(widths) == 'table' and #widths or type(widths)), 3)
+   end
    local stem = opts.stem or 'imagenet'
    if stem ~= 'imagenet' and stem ~= 'small' then
       error(string.format("resnet: unknown stem '%s' (expected 'imagenet' or 'small')",
@@ -121,6 +129,7 @@ function M.resnet(opts)
    if device ~= 'cpu' then
       model:to(device)
    end
+   model:refresh_grad_flags()
    return model
 end
 
