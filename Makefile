@@ -35,7 +35,9 @@ CUDA_C_SRC := $(wildcard engine/cuda/*.c)
 CUDA_CU_SRC := $(wildcard kernels/*.cu)
 CUDA_ARCH  ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
               -gencode arch=compute_90,code=compute_90
-NVCCFLAGS  ?= -O3 -std=c++17 -Xcompiler -fPIC,-Wall $(CUDA_ARCH)
+# -fmad=false: no fused multiply-add, so elementwise and optimizer kernels round
+# like the CPU backend's C code and agree with it bit for bit.
+NVCCFLAGS  ?= -O3 -std=c++17 -fmad=false -Xcompiler -fPIC,-Wall,-Wextra $(CUDA_ARCH)
 
 TARGETS := $(BUILD)/libmrt.so
 ifneq ($(NVCC),)
@@ -63,13 +65,24 @@ $(BUILD)/cuda/%.o: engine/cuda/%.c $(HEADERS) $(wildcard engine/cuda/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include -c $< -o $@
 
-$(BUILD)/kernels/%.o: kernels/%.cu $(HEADERS) $(wildcard kernels/*.cuh)
+$(BUILD)/kernels/%.o: kernels/%.cu $(HEADERS) $(wildcard kernels/*.cuh engine/cuda/*.h)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -I$(CUDA_HOME)/include -c $< -o $@
 
 $(BUILD)/libmrt_cuda.so: $(CUDA_OBJ) $(BUILD)/libmrt.so
 	$(CC) -shared -Wl,-z,nodelete -o $@ $(CUDA_OBJ) -L$(BUILD) -lmrt -L$(CUDA_HOME)/lib64 \
 	    -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,-rpath,'$$ORIGIN' -lcudnn -lcublas -lcudart -lstdc++
+
+# The kernels' per-element arithmetic, built for the host with the C++ compiler
+# and compared bit for bit with the CPU backend; needs the CUDA headers, no GPU.
+.PHONY: cuda-host-check
+cuda-host-check: $(BUILD)/cuda_host_check
+	$(BUILD)/cuda_host_check
+
+$(BUILD)/cuda_host_check: tests/gpu/host_check.cu $(wildcard kernels/*.cuh engine/cuda/*.h) \
+                          $(HEADERS) | $(BUILD)/libmrt.so
+	$(CXX) -O2 -std=c++17 -ffp-contract=off -Wall -Wextra -I$(CUDA_HOME)/include -x c++ $< \
+	    -x none -o $@ -L$(BUILD) -lmrt -Wl,-rpath,'$$ORIGIN'
 
 bin/mrt: lua/mrt/cli.lua
 	@chmod +x bin/mrt

@@ -1,0 +1,98 @@
+/*
+ * optim.cuh: the per-element arithmetic of the fused optimizer updates.
+ *
+ * These functions build as host code too (see portable.cuh). Each follows
+ * engine/include/mrt_optim.h (PyTorch 1.13 conventions) in float32, one
+ * IEEE operation at a time: the Makefile builds kernels with -fmad=false,
+ * so no multiply-add is fused.
+ */
+#ifndef MRT_KERNELS_OPTIM_CUH
+#define MRT_KERNELS_OPTIM_CUH
+
+#include <math.h>
+
+#include "../engine/include/mrt_optim.h"
+#include "portable.cuh"
+
+/*
+ * One SGD element, as the CPU backend's sgd_pass. buffer may be NULL only
+ * with update_buffer and momentum 0, and the step is then along g. A buffer
+ * given with momentum 0 stores g. z is the element's standard normal,
+ * already rounded to float, read only when noise_std > 0.
+ */
+MRT_HD void mrt_sgd_element(float *theta, const float *grad, float *buffer, const mrt_sgd_params &p,
+                            float z)
+{
+    const float th = *theta;
+    const int first = p.first || p.momentum == 0.0f;
+    float direction;
+
+    if (p.update_buffer) {
+        float g = *grad;
+        if (p.weight_decay != 0.0f)
+            g = g + p.weight_decay * th;
+        if (p.noise_std > 0.0f)
+            g = g + p.noise_std * z;
+        if (buffer != NULL) {
+            const float b = first ? g : p.momentum * *buffer + (1.0f - p.dampening) * g;
+            *buffer = b;
+            direction = p.nesterov ? g + p.momentum * b : b;
+        } else {
+            direction = g;
+        }
+    } else {
+        direction = *buffer;    /* a drift step: apply the stored buffer only */
+    }
+    if (p.apply)
+        *theta = th - p.lr * direction;
+}
+
+/*
+ * One Adam/AdamW element, as the CPU backend's: grad is read only with
+ * update_moments; step_size, bias2_sqrt and decay come from the host.
+ */
+MRT_HD void mrt_adam_element(float *theta, const float *grad, float *m, float *v,
+                             const mrt_adam_params &p, float step_size, float bias2_sqrt,
+                             float decay)
+{
+    const float th = *theta;
+    float t = th;
+
+    if (p.apply && p.decoupled && p.weight_decay != 0.0f)
+        t = t * decay;
+    if (p.update_moments) {
+        float g = *grad;
+        if (!p.decoupled && p.weight_decay != 0.0f)
+            g = g + p.weight_decay * th;
+        *m = p.beta1 * *m + (1.0f - p.beta1) * g;
+        *v = p.beta2 * *v + (1.0f - p.beta2) * g * g;
+    }
+    if (p.apply) {
+        const float denom = sqrtf(*v) / bias2_sqrt + p.eps;
+        t = t - step_size * (*m / denom);
+    }
+    *theta = t;
+}
+
+/* Element i of the mean of srcs[0..count), summed from 0 in source order. */
+MRT_HD float mrt_average_element(const float *const *srcs, int count, int64_t i)
+{
+    float sum = 0.0f;
+
+    for (int k = 0; k < count; k++)
+        sum += srcs[k][i];
+    return sum / (float)count;
+}
+
+/* One element of the random-subgroup update. */
+MRT_HD float mrt_masked_sgd_element(float theta, float grad, float mask, float lr_a, float lr_b,
+                                    float weight_decay)
+{
+    float g = grad;
+
+    if (weight_decay != 0.0f)
+        g = g + weight_decay * theta;
+    return theta - (mask != 0.0f ? lr_b : lr_a) * g;
+}
+
+#endif
