@@ -434,7 +434,9 @@ end
 --    device      where batches go, 'cpu' or 'cuda' (default 'cpu')
 --    transform   function(x, labels, count) run on each CPU batch before it is
 --                copied to the device, e.g. augmentation; x is float [count, C, H, W]
---                and labels an int32 C array
+--                and labels an int32 C array. It edits x in place and returns
+--                nothing, or returns the batch to use (any shape, e.g. a resized
+--                copy it keeps for reuse, on the CPU or on the loader's device)
 function M.loader(dataset, opts)
    opts = opts or {}
    local bs = opts.batch_size
@@ -519,6 +521,25 @@ function Loader:gather(first, count, b)
    end
 end
 
+-- The batch x on the loader's device: itself when it is there already,
+-- else copied into a device buffer of its shape that is kept for reuse.
+function Loader:on_device(x, b)
+   if x.device == self.device then
+      return x
+   end
+   if x == b.host_x then
+      return b.x:copy(x)
+   end
+   b.device_x = b.device_x or {}
+   local key = tensor.shape_string(x.shape)
+   local dev = b.device_x[key]
+   if dev == nil then
+      dev = tensor.zeros(x.shape, self.device)
+      b.device_x[key] = dev
+   end
+   return dev:copy(x)
+end
+
 -- Draws the order of the current epoch from the generator.
 function Loader:draw_order()
    local n = self.dataset.n
@@ -565,15 +586,16 @@ function Loader:epoch()
       local count = math.min(self.batch_size, stop - first)
       local b = self:batch_buffers(count)
       self:gather(first, count, b)
+      local x = b.host_x
       if self.transform then
-         self.transform(b.host_x, b.host_labels.ptr, count)
+         -- A transform edits the batch in place or returns a new one (a resize).
+         x = self.transform(b.host_x, b.host_labels.ptr, count) or b.host_x
       end
       if b.x ~= b.host_x then
-         b.x:copy(b.host_x)
          tensor.copy_labels(b.labels, b.host_labels)
       end
       self.next_index = first + count
-      return b.x, b.labels, count
+      return self:on_device(x, b), b.labels, count
    end
 end
 

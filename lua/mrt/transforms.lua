@@ -261,23 +261,14 @@ function M.crop_flip(x, y, top, left, flip)
 end
 
 -- Adapts a transform (x) -> x' to the loader's `transform` option, which
--- calls transform(x, labels, count) and keeps using x: the result is copied
--- back into x. Only shape-preserving transforms fit (crop to the same
--- size, flip, normalize); apply a resize to the batches the loader returns.
+-- calls transform(x, labels, count) and uses the batch it returns (a resize
+-- may change the shape).
 function M.for_loader(transform)
    if type(transform) ~= 'function' then
       error('for_loader: expected a function (x) -> x, got ' .. type(transform), 2)
    end
    return function(x)
-      local y = transform(x)
-      if y ~= x then
-         if T.shape_string(y.shape) ~= T.shape_string(x.shape) then
-            error(string.format('for_loader: the transform turned batch %s into %s; the loader '
-               .. 'keeps its batch shape, so apply shape-changing transforms to its output',
-               x:shape_string(), y:shape_string()), 2)
-         end
-         x:copy(y)
-      end
+      return transform(x)
    end
 end
 
