@@ -25,6 +25,7 @@ local recipe = {
       seed = 1,                  -- weights, head, data order
       batch_size = 128,
       pretrain_epochs = 2,
+      pretrain_images = 60000,   -- Fashion-MNIST training images used (the first n)
       pretrain_lr = 0.05,
       pretrain_momentum = 0.9,
       pretrain_weight_decay = 5e-4,
@@ -49,7 +50,8 @@ end
 -- Pretrains on Fashion-MNIST, or loads the cached checkpoint of the same settings.
 local function pretrained(config, ctx)
    local key = util.hash(util.render({ config.seed, config.batch_size, config.pretrain_epochs,
-      config.pretrain_lr, config.pretrain_momentum, config.pretrain_weight_decay, 'v1' }))
+      config.pretrain_lr, config.pretrain_momentum, config.pretrain_weight_decay,
+      config.pretrain_images, 'v1' }))
    local dir = ctx.cache_dir .. '/checkpoints'
    local path = string.format('%s/transfer-pretrain-%s.safetensors', dir, key)
    if util.file_exists(path) then
@@ -59,6 +61,13 @@ local function pretrained(config, ctx)
    local model = build(config)
    model:flatten()
    local train_set = data.fashion_mnist('train')
+   if config.pretrain_images < train_set.n then
+      local first = {}
+      for i = 1, config.pretrain_images do
+         first[i] = i
+      end
+      train_set = train_set:subset(first)
+   end
    local test_set = data.fashion_mnist('test')
    local loader = data.loader(train_set, { batch_size = config.batch_size, shuffle = true,
       rng = random.new(config.seed), device = ctx.device })
