@@ -43,6 +43,37 @@ local recipe = {
    },
 }
 
+local R = require 'mrt.recipe'
+
+-- Checks every option before any work starts, so a typo costs no training time.
+local function validate(config)
+   local name = 'transfer'
+   R.check_integer(name, config, 'seed', 0)
+   R.check_integer(name, config, 'batch_size', 1)
+   R.check_integer(name, config, 'pretrain_epochs', 1)
+   R.check_integer(name, config, 'pretrain_images', 1, 60000)
+   R.check_number(name, config, 'pretrain_lr', nil, nil, true)
+   R.check_number(name, config, 'pretrain_momentum', 0, 1)
+   R.check_number(name, config, 'pretrain_weight_decay', 0)
+   R.check_integer(name, config, 'epochs', 1)
+   R.check_number(name, config, 'lr', nil, nil, true)
+   R.check_number(name, config, 'momentum', 0, 1)
+   R.check_number(name, config, 'weight_decay', 0)
+   R.check_integer(name, config, 'k', 1)
+   R.check_pattern(name, config, 'fast')
+   R.check_integer(name, config, 'n_test', 1, 9999)
+   R.check_integer(name, config, 'split_seed', 0)
+   R.check_choices(name, config, 'approaches', { 'full', 'fc', 'multirate' })
+   local matched = false
+   for _, p in ipairs(models.resnet_small():parameters()) do
+      matched = matched or p.name:match(config.fast) ~= nil
+   end
+   if not matched then
+      error(string.format("transfer: --fast '%s' matches no parameter name (the head's are "
+         .. "fc.weight and fc.bias)", config.fast), 0)
+   end
+end
+
 local function build(config)
    return models.resnet_small({ rng = random.new(config.seed) })
 end
@@ -54,9 +85,16 @@ local function pretrained(config, ctx)
       config.pretrain_images, 'v1' }))
    local dir = ctx.cache_dir .. '/checkpoints'
    local path = string.format('%s/transfer-pretrain-%s.safetensors', dir, key)
+   util.mkdir_p(dir)
    if util.file_exists(path) then
-      ctx.log('pretrain: using cached checkpoint %s', path)
-      return path
+      -- A cache must never block a run: an unreadable file is pretrained again.
+      local ok, err = pcall(checkpoint.load_safetensors, build(config), path)
+      if ok then
+         ctx.log('pretrain: using cached checkpoint %s', path)
+         return path
+      end
+      ctx.log('pretrain: cached checkpoint %s is unusable (%s); pretraining again', path,
+         tostring(err):gsub('^[^:]*%.lua:%d+: ', ''))
    end
    local model = build(config)
    model:flatten()
@@ -77,7 +115,6 @@ local function pretrained(config, ctx)
    local history = train.fit({ model = model, optimizer = opt, train = loader, test = test,
       epochs = config.pretrain_epochs, label = 'pretrain fashion-mnist' })
    ctx.results:set_attr('pretrain_test_acc', history.test_acc[#history.test_acc])
-   util.mkdir_p(dir)
    checkpoint.save_safetensors(model, path, { recipe = 'transfer', settings = key })
    return path
 end
@@ -114,6 +151,7 @@ local function settings(approach, config)
 end
 
 function recipe.run(config, ctx)
+   validate(config)
    local weights = pretrained(config, ctx)
    local digits = data.mnist_digits()
    local train_set, test_set = data.split(digits, config.n_test, config.split_seed)

@@ -93,6 +93,28 @@ local function setup(options)
    return device
 end
 
+-- Fails before any training when the result file or its plot cannot be
+-- written: a folder in the way, or a folder that cannot be created or
+-- written to.
+function M.check_output(out)
+   local util = require 'mrt.util'
+   local R = require 'mrt.recipe'
+   util.mkdir_p(util.dirname(out))
+   for _, path in ipairs({ out, R.plot_path(out, {}, 1) }) do
+      if util.is_dir(path) then
+         error(string.format("cannot write '%s': it is a folder; choose another --out", path), 0)
+      end
+   end
+   local probe = out .. '.tmp.probe'
+   local f, err = io.open(probe, 'w')
+   if f == nil then
+      error(string.format("cannot write in '%s': %s; choose another --out", util.dirname(out),
+         tostring(err)), 0)
+   end
+   f:close()
+   os.remove(probe)
+end
+
 -- Runs a recipe with the given options; returns nothing, raises on failure.
 function M.run(argv)
    local R = require 'mrt.recipe'
@@ -113,7 +135,7 @@ function M.run(argv)
    if not out:match('%.h5$') then
       error(string.format("--out must name an .h5 file, got '%s'", out), 0)
    end
-   util.mkdir_p(util.dirname(out))
+   M.check_output(out)
    local results = R.results()
    local ctx = {
       config = config, results = results, device = device, out = out,
@@ -142,14 +164,30 @@ function M.run(argv)
       #written > 0 and (' and ' .. table.concat(written, ', ')) or '', util.now() - t0))
 end
 
+-- The message without the "file.lua:12: " positions Lua prefixes to errors,
+-- which point into mrt's sources rather than at the user's mistake.
+local function user_message(e)
+   local text = tostring(e)
+   local stripped
+   repeat
+      stripped = text
+      text = text:gsub('^[^:\n]*%.lua:%d+: ', '', 1)
+   until text == stripped
+   return text
+end
+
 function M.main(argv)
    local ok, err = xpcall(M.run, function(e)
       if os.getenv('MRT_DEBUG') then
          return debug.traceback(tostring(e), 2)
       end
-      return tostring(e)
+      return user_message(e)
    end, argv)
    if not ok then
+      if err == 'interrupted!' then
+         io.stderr:write('\nmrt: interrupted; no result file was written\n')
+         os.exit(130)
+      end
       io.stderr:write('mrt: ', err, '\n')
       os.exit(1)
    end

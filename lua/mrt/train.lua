@@ -110,6 +110,12 @@ function M.fit(opts)
                step, steps, loss_sum / seen, seen / math.max(dt, 1e-9)))
          end
       end
+      if seen == 0 then
+         error(string.format('%s: the training loader yielded no batches in epoch %d (%d '
+            .. 'images, batch size %d%s); use more training data or a smaller batch', label,
+            epoch, opts.train.dataset and opts.train.dataset.n or 0, opts.train.batch_size or 0,
+            opts.train.drop_last and ', drop_last' or ''), 0)
+      end
       local epoch_time = util.now() - epoch_start
       elapsed = elapsed + epoch_time
       if profiler then
@@ -118,6 +124,10 @@ function M.fit(opts)
       local acc, test_loss = M.evaluate(model, opts.test)
       if profiler then
          profiler:pause(false)
+      end
+      if test_loss ~= test_loss or test_loss == math.huge then
+         error(string.format('%s: test loss is %s after epoch %d; training diverged, so lower '
+            .. 'the learning rate (--lr)', label, tostring(test_loss), epoch), 0)
       end
       history.epoch[epoch] = epoch
       history.time_s[epoch] = elapsed

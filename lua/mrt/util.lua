@@ -10,6 +10,11 @@ ffi.cdef [[
 typedef struct mrt_timespec { long tv_sec; long tv_nsec; } mrt_timespec;
 int clock_gettime(int clk_id, mrt_timespec *tp);
 int getpid(void);
+int mkdir(const char *path, unsigned int mode);
+char *strerror(int errnum);
+typedef struct mrt_dir mrt_dir;
+mrt_dir *opendir(const char *name);
+int closedir(mrt_dir *dir);
 ]]
 
 local CLOCK_MONOTONIC = 1
@@ -38,12 +43,33 @@ function M.dirname(path)
    return path:match('^(.*)/[^/]*$') or '.'
 end
 
--- Creates a folder and its parents (like mkdir -p); errors name the folder.
+-- Creates a folder and its parents (like mkdir -p); errors name the folder
+-- and the system's reason.
 function M.mkdir_p(dir)
-   local ok = os.execute(string.format("mkdir -p '%s'", dir:gsub("'", "'\\''")))
-   if ok ~= 0 and ok ~= true then
-      error(string.format("cannot create folder '%s'", dir), 2)
+   local path = ''
+   for part in dir:gmatch('[^/]+') do
+      path = (path == '' and dir:sub(1, 1) ~= '/') and part or (path .. '/' .. part)
+      if ffi.C.mkdir(path, 493) ~= 0 then -- 493 = 0755
+         local errno = ffi.errno()
+         if errno ~= 17 then -- EEXIST
+            error(string.format("cannot create folder '%s': %s", dir,
+               ffi.string(ffi.C.strerror(errno))), 2)
+         end
+      end
    end
+   if not M.is_dir(dir) then
+      error(string.format("cannot create folder '%s': a file of that name exists", dir), 2)
+   end
+end
+
+-- True when path names an existing folder.
+function M.is_dir(path)
+   local dir = ffi.C.opendir(path)
+   if dir == nil then
+      return false
+   end
+   ffi.C.closedir(dir)
+   return true
 end
 
 -- 32-bit FNV-1a hash of a string, as 8 hex digits (for cache file names).
