@@ -178,8 +178,9 @@ function Results:add_seed_summary(approach, seeds, histories, attrs)
 end
 
 -- Checks the two lists of a recipe that compares approaches over seeds:
--- config.seeds must be a non-empty list of integers >= 0 and every entry of
--- config.approaches one of `valid`. Errors name the recipe and the option.
+-- config.seeds must be a non-empty list of integers >= 0, and
+-- config.approaches a non-empty list of distinct names from `valid` (see
+-- check_choices). Errors name the recipe and the option.
 function M.check_seeds_and_approaches(recipe_name, config, valid)
    local seeds = config.seeds
    if type(seeds) ~= 'table' or #seeds == 0 then
@@ -192,20 +193,7 @@ function M.check_seeds_and_approaches(recipe_name, config, valid)
             tostring(seed)), 0)
       end
    end
-   local known = {}
-   for _, name in ipairs(valid) do
-      known[name] = true
-   end
-   for _, approach in ipairs(config.approaches) do
-      if not known[approach] then
-         error(string.format("%s: unknown approach '%s' in --approaches (expected %s)",
-            recipe_name, tostring(approach), table.concat(valid, ', ')), 0)
-      end
-   end
-   if #config.approaches == 0 then
-      error(string.format('%s: --approaches must list at least one of %s', recipe_name,
-         table.concat(valid, ', ')), 0)
-   end
+   M.check_choices(recipe_name, config, 'approaches', valid)
 end
 
 -- Logs the table `approach  mean  min  max` of final test accuracy from
