@@ -31,6 +31,45 @@ function M.evaluate(model, loader)
    return correct / seen, loss_sum / seen
 end
 
+-- Recomputes the batch-norm running statistics of model from up to
+-- `batches` training batches of loader, as the cumulative average that
+-- torch.optim.swa_utils.update_bn computes: for weights that were averaged
+-- (brains, SWA), statistics averaged alongside them do not match the
+-- averaged weights. Runs forward passes in training mode, no backward.
+function M.recompute_bn(model, loader, batches)
+   local norms = {}
+   for _, m in ipairs(model:named_modules()) do
+      local mod = m.module
+      if mod.running_mean ~= nil and mod.running_var ~= nil then
+         norms[#norms + 1] = { module = mod, momentum = mod.momentum, hold = mod.hold_stats }
+         mod.running_mean:zero()
+         mod.running_var:fill(1)
+         mod.hold_stats = false
+      end
+   end
+   if #norms == 0 then
+      return 0
+   end
+   local was_training = model.training
+   model:train()
+   local seen = 0
+   for x in loader:epoch() do
+      seen = seen + 1
+      for _, n in ipairs(norms) do
+         n.module.momentum = 1 / seen
+      end
+      model:forward(x)
+      if seen >= batches then
+         break
+      end
+   end
+   for _, n in ipairs(norms) do
+      n.module.momentum, n.module.hold_stats = n.momentum, n.hold
+   end
+   model:train(was_training)
+   return seen
+end
+
 -- Writes a progress line that rewrites itself (\r) on a terminal and is
 -- throttled to one line per `interval` seconds elsewhere.
 local function progress_writer(label, interval)
@@ -65,7 +104,8 @@ end
 -- entry per epoch; time_s is cumulative training wall time, evaluation
 -- excluded. opts: model, optimizer, train (loader), test (loader), epochs,
 -- label (for the progress line), progress (default true), on_epoch(record),
--- profile (print a per-layer time profile at the end, see mrt.profile).
+-- profile (print a per-layer time profile at the end, see mrt.profile),
+-- before_evaluate(model) (called before each evaluation, e.g. recompute_bn).
 function M.fit(opts)
    local model, opt = opts.model, opts.optimizer
    local label = '[' .. (opts.label or 'train') .. ']'
@@ -120,6 +160,9 @@ function M.fit(opts)
       elapsed = elapsed + epoch_time
       if profiler then
          profiler:pause(true)
+      end
+      if opts.before_evaluate then
+         opts.before_evaluate(model)
       end
       local acc, test_loss = M.evaluate(model, opts.test)
       if profiler then
