@@ -85,7 +85,7 @@ local function setup(options)
    end
    T.set_default_device(device)
    local threads = tonumber(options.threads or 0)
-   if threads == nil or threads < 0 then
+   if threads == nil or threads < 0 or threads ~= math.floor(threads) or threads > 2 ^ 31 then
       error(string.format("--threads expects a non-negative integer, got '%s'",
          tostring(options.threads)), 0)
    end
