@@ -16,15 +16,22 @@ CACHE   ?= cache
 WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -fPIC -fopenmp $(WARN) -I/usr/include/hdf5/serial
-LDLIBS  := -fopenmp -lopenblas -lhdf5_serial -lz -lm -ldl
+LDLIBS  := -fopenmp -lhdf5_serial -lz -lm -ldl
 HDF5_LIB := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/hdf5/serial))
 ifneq ($(HDF5_LIB),)
 LDLIBS  := -L$(HDF5_LIB) $(LDLIBS)
 endif
+# oneDNN (libdnnl-dev) provides the convolutions and the matrix product,
+# threaded by the same OpenMP pool as the engine's loops. Without it the
+# matrix product is OpenBLAS's. OpenBLAS is not linked next to oneDNN: the
+# Debian build starts its own pthreads pool at load time, whose threads
+# compete with OpenMP's for the cores.
 DNNL    := $(wildcard /usr/include/dnnl.h)
 ifneq ($(DNNL),)
 CFLAGS  += -DMRT_HAVE_DNNL
 LDLIBS  += -ldnnl
+else
+LDLIBS  += -lopenblas
 endif
 
 ENGINE_SRC := $(wildcard engine/*.c)

@@ -1,17 +1,20 @@
 /*
  * conv2d.c: 2-D convolution (cross-correlation, as PyTorch's Conv2d) with
  * stride, zero padding and dilation: argument checks, the output size, and
- * the CPU implementation. Grouped convolution is NYI.
+ * the CPU implementation for NCHW data. Grouped convolution is NYI.
+ * Channels-last calls (p->channels_last = 1) go to oneDNN (dnnl_conv.c);
+ * where oneDNN is missing or has no kernel, they transpose to NCHW, take
+ * the path below and transpose back.
  *
- * The CPU path lowers each image to a column matrix col[C*KH*KW, OH*OW]
+ * The NCHW path lowers each image to a column matrix col[C*KH*KW, OH*OW]
  * (im2col) and multiplies the weights, viewed as [O, C*KH*KW], with it
- * through cblas_sgemm. The input gradient multiplies back and adds the
+ * through mrt_cpu_sgemm. The input gradient multiplies back and adds the
  * columns onto the image (col2im). A 1x1 convolution with stride 1 and no
  * padding uses the image itself as the column matrix. Column buffers come
  * from the context's scratch slots, so steady-state calls allocate nothing.
  *
  * Threads: OpenMP runs one image per thread and each sgemm runs on one
- * OpenBLAS thread. A standalone C loop of im2col + cblas_sgemm measured the
+ * thread. A standalone C loop of im2col + cblas_sgemm measured the
  * alternatives on a shared 2-core AMD EPYC with OpenBLAS 0.3.21 (pthreads),
  * as the median of 21 forward passes over 128 images [16,28,28] with a 3x3
  * kernel and padding 1. With 16 output channels this way took 7-15 ms
@@ -21,8 +24,10 @@
  */
 #include <string.h>
 
-#include <cblas.h>
 #include <omp.h>
+#ifndef MRT_HAVE_DNNL
+#include <cblas.h>
+#endif
 
 #include "cpu.h"
 
@@ -40,7 +45,7 @@ int64_t mrt_conv2d_out_size(int64_t in, int32_t kernel, int32_t stride, int32_t 
 
 /* ---- argument checks ---------------------------------------------------- */
 
-static int check_params(const char *fn, const mrt_conv2d_params *p)
+static int check_params(mrt_ctx *ctx, const char *fn, const mrt_conv2d_params *p)
 {
     if (p == NULL)
         return mrt_fail(MRT_EINVAL, "%s: missing convolution parameters 'p'", fn);
@@ -55,41 +60,66 @@ static int check_params(const char *fn, const mrt_conv2d_params *p)
                         p->dilation_h, p->dilation_w);
     if (p->groups != 1)
         return mrt_fail(MRT_ENYI, "NYI: %s: groups = %d (only 1 is implemented)", fn, p->groups);
+    if (p->channels_last != 0 && p->channels_last != 1)
+        return mrt_fail(MRT_EINVAL, "%s: channels_last is %d (expected 0 or 1)", fn,
+                        p->channels_last);
+    if (p->channels_last && !mrt_channels_last_supported(ctx))
+        return mrt_fail(MRT_ENYI, "NYI: %s: channels-last operands on the %s backend", fn,
+                        ctx->backend->name);
     return MRT_OK;
 }
 
+/* Sizes of x in NCHW order: x[N,C,H,W], or x[N,H,W,C] with channels last. */
+static void input_dims(const mrt_conv2d_params *p, const mrt_tensor *x, int64_t *nchw)
+{
+    const int last = p->channels_last != 0;
+
+    nchw[0] = x->shape[0];
+    nchw[1] = x->shape[last ? 3 : 1];
+    nchw[2] = x->shape[last ? 1 : 2];
+    nchw[3] = x->shape[last ? 2 : 3];
+}
+
 /*
- * Checks p, x[N,C,H,W] and w[O,C,KH,KW] and stores the output shape
- * [N,O,OH,OW] in y_shape.
+ * Checks p, x[N,C,H,W] (or [N,H,W,C]) and w[O,C,KH,KW] and stores the
+ * output shape, [N,O,OH,OW] (or [N,OH,OW,O]), in y_shape.
  */
 static int check_operands(mrt_ctx *ctx, const char *fn, const mrt_conv2d_params *p,
                           const mrt_tensor *x, const mrt_tensor *w, int64_t *y_shape)
 {
     char xs[160], ws[160];
+    int64_t in[4];
 
-    MRT_TRY(check_params(fn, p));
+    MRT_TRY(check_params(ctx, fn, p));
     MRT_TRY(mrt_check_tensor(ctx, fn, "x", x, 4));
     MRT_TRY(mrt_check_tensor(ctx, fn, "w", w, 4));
     mrt_tensor_shape_str(x, xs, sizeof xs);
     mrt_tensor_shape_str(w, ws, sizeof ws);
-    if (w->shape[1] != x->shape[1])
+    input_dims(p, x, in);
+    if (w->shape[1] != in[1])
         return mrt_fail(MRT_EINVAL, "%s: 'w' %s expects %lld input channels but 'x' %s has %lld",
-                        fn, ws, (long long)w->shape[1], xs, (long long)x->shape[1]);
+                        fn, ws, (long long)w->shape[1], xs, (long long)in[1]);
     if (w->shape[2] < 1 || w->shape[3] < 1 || w->shape[2] > INT32_MAX || w->shape[3] > INT32_MAX)
         return mrt_fail(MRT_EINVAL, "%s: 'w' %s has an invalid kernel size (expected 1 or more)",
                         fn, ws);
-    int64_t oh = mrt_conv2d_out_size(x->shape[2], (int32_t)w->shape[2], p->stride_h, p->pad_h,
+    int64_t oh = mrt_conv2d_out_size(in[2], (int32_t)w->shape[2], p->stride_h, p->pad_h,
                                      p->dilation_h);
-    int64_t ow = mrt_conv2d_out_size(x->shape[3], (int32_t)w->shape[3], p->stride_w, p->pad_w,
+    int64_t ow = mrt_conv2d_out_size(in[3], (int32_t)w->shape[3], p->stride_w, p->pad_w,
                                      p->dilation_w);
     if (oh < 1 || ow < 1)
         return mrt_fail(MRT_EINVAL, "%s: 'x' %s is too small for kernel %lldx%lld with padding "
                         "%dx%d and dilation %dx%d", fn, xs, (long long)w->shape[2],
                         (long long)w->shape[3], p->pad_h, p->pad_w, p->dilation_h, p->dilation_w);
-    y_shape[0] = x->shape[0];
-    y_shape[1] = w->shape[0];
-    y_shape[2] = oh;
-    y_shape[3] = ow;
+    y_shape[0] = in[0];
+    if (p->channels_last) {
+        y_shape[1] = oh;
+        y_shape[2] = ow;
+        y_shape[3] = w->shape[0];
+    } else {
+        y_shape[1] = w->shape[0];
+        y_shape[2] = oh;
+        y_shape[3] = ow;
+    }
     return MRT_OK;
 }
 
@@ -110,7 +140,7 @@ int mrt_conv2d_forward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tenso
     int64_t y_shape[4];
 
     MRT_TRY(check_operands(ctx, fn, p, x, w, y_shape));
-    MRT_TRY(check_optional(ctx, fn, "b", b, 1, &y_shape[1]));
+    MRT_TRY(check_optional(ctx, fn, "b", b, 1, &y_shape[p->channels_last ? 3 : 1]));
     MRT_TRY(mrt_check_tensor(ctx, fn, "y", y, -1));
     MRT_TRY(mrt_check_shape(fn, "y", y, 4, y_shape));
     return MRT_DISPATCH(ctx, conv2d_forward, p, x, w, b, y);
@@ -128,7 +158,7 @@ int mrt_conv2d_backward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tens
     MRT_TRY(mrt_check_shape(fn, "dy", dy, 4, y_shape));
     MRT_TRY(check_optional(ctx, fn, "dx", dx, 4, x->shape));
     MRT_TRY(check_optional(ctx, fn, "dw", dw, 4, w->shape));
-    MRT_TRY(check_optional(ctx, fn, "db", db, 1, &y_shape[1]));
+    MRT_TRY(check_optional(ctx, fn, "db", db, 1, &y_shape[p->channels_last ? 3 : 1]));
     return MRT_DISPATCH(ctx, conv2d_backward, p, dy, x, w, dx, dw, db, beta);
 }
 
@@ -167,9 +197,9 @@ static int is_pointwise(const conv_shape *s, const mrt_conv2d_params *p)
 }
 
 /* A BLAS leading dimension: at least 1 even for empty matrices, as BLAS requires. */
-static int leading_dim(int64_t n)
+static int64_t leading_dim(int64_t n)
 {
-    return n > 0 ? (int)n : 1;
+    return n > 0 ? n : 1;
 }
 
 /*
@@ -263,22 +293,33 @@ static int image_threads(int64_t n)
  * Makes OpenBLAS single-threaded while several OpenMP threads call it,
  * because the pthreads build of OpenBLAS would otherwise start its own
  * threads inside each of them. Returns the thread count to restore.
+ * oneDNN's sgemm needs nothing of the kind: inside a parallel region it
+ * runs on the calling thread.
  * NOTE: the OpenBLAS thread count is process-wide, so two contexts running
  * ops concurrently on different threads see each other's setting.
  */
 static int blas_serial_begin(int omp_threads)
 {
+#ifdef MRT_HAVE_DNNL
+    (void)omp_threads;
+    return 1;
+#else
     int previous = openblas_get_num_threads();
 
     if (omp_threads > 1 && previous > 1)
         openblas_set_num_threads(1);
     return previous;
+#endif
 }
 
 static void blas_serial_end(int previous)
 {
+#ifdef MRT_HAVE_DNNL
+    (void)previous;
+#else
     if (openblas_get_num_threads() != previous)
         openblas_set_num_threads(previous);
+#endif
 }
 
 /* y_n[O,OH*OW] := w[O,CKK] col[CKK,OH*OW] (+ b[O] on every column). */
@@ -293,13 +334,12 @@ static void forward_image(const conv_shape *s, const float *w, const float *b, c
                 y[o * s->ohw + q] = b[o];
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)s->o, (int)s->ohw, (int)s->ckk,
-                1.0f, w, leading_dim(s->ckk), col, leading_dim(s->ohw), beta, y,
-                leading_dim(s->ohw));
+    mrt_cpu_sgemm(0, 0, s->o, s->ohw, s->ckk, 1.0f, w, leading_dim(s->ckk), col,
+                  leading_dim(s->ohw), beta, y, leading_dim(s->ohw));
 }
 
-int mrt_cpu_conv2d_forward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tensor *x,
-                           const mrt_tensor *w, const mrt_tensor *b, mrt_tensor *y)
+static int nchw_forward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tensor *x,
+                        const mrt_tensor *w, const mrt_tensor *b, mrt_tensor *y)
 {
     const conv_shape s = shape_of(p, x, w);
     const int pointwise = is_pointwise(&s, p);
@@ -369,17 +409,16 @@ static void backward_image(const conv_shape *s, const mrt_conv2d_params *p, int6
             cols = work->col + thread * col_size;
         }
         /* dw_part[O,CKK] += dy_n[O,OHW] cols[CKK,OHW]^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)s->o, (int)s->ckk,
-                    (int)s->ohw, 1.0f, dyn, leading_dim(s->ohw), cols, leading_dim(s->ohw),
-                    1.0f, work->dw_part + thread * s->o * s->ckk, leading_dim(s->ckk));
+        mrt_cpu_sgemm(0, 1, s->o, s->ckk, s->ohw, 1.0f, dyn, leading_dim(s->ohw), cols,
+                      leading_dim(s->ohw), 1.0f, work->dw_part + thread * s->o * s->ckk,
+                      leading_dim(s->ckk));
     }
     if (dx != NULL) {
         float *dxn = dx + n * s->c * s->h * s->w;
         float *dcol = pointwise ? dxn : work->dcol + thread * col_size;
         /* dcol[CKK,OHW] := w[O,CKK]^T dy_n[O,OHW] */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)s->ckk, (int)s->ohw,
-                    (int)s->o, 1.0f, w, leading_dim(s->ckk), dyn, leading_dim(s->ohw), 0.0f,
-                    dcol, leading_dim(s->ohw));
+        mrt_cpu_sgemm(1, 0, s->ckk, s->ohw, s->o, 1.0f, w, leading_dim(s->ckk), dyn,
+                      leading_dim(s->ohw), 0.0f, dcol, leading_dim(s->ohw));
         if (!pointwise)
             col2im(s, p, dcol, dxn);
     }
@@ -420,9 +459,9 @@ static int backward_scratch(mrt_ctx *ctx, const conv_shape *s, int pointwise, in
     return MRT_OK;
 }
 
-int mrt_cpu_conv2d_backward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tensor *dy,
-                            const mrt_tensor *x, const mrt_tensor *w, mrt_tensor *dx,
-                            mrt_tensor *dw, mrt_tensor *db, float beta)
+static int nchw_backward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tensor *dy,
+                         const mrt_tensor *x, const mrt_tensor *w, mrt_tensor *dx,
+                         mrt_tensor *dw, mrt_tensor *db, float beta)
 {
     const conv_shape s = shape_of(p, x, w);
     const int threads = image_threads(s.n);
@@ -444,4 +483,89 @@ int mrt_cpu_conv2d_backward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_
     if (dw != NULL)
         reduce_dw(&s, work.dw_part, threads, beta, dw->data);
     return MRT_OK;
+}
+
+/* ---- channels-last dispatch ------------------------------------------------- */
+
+/* A descriptor for n floats at data with the NCHW sizes of a channels-last tensor t. */
+static mrt_tensor nchw_view(const mrt_tensor *t, float *data)
+{
+    mrt_tensor v = *t;
+
+    v.data = data;
+    v.shape[1] = t->shape[3];
+    v.shape[2] = t->shape[1];
+    v.shape[3] = t->shape[2];
+    return v;
+}
+
+/* The fallback for channels-last operands: NCHW copies in scratch, the NCHW path, and back. */
+static int transposed_forward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tensor *x,
+                              const mrt_tensor *w, const mrt_tensor *b, mrt_tensor *y)
+{
+    float *buffer = mrt_cpu_scratch(ctx, MRT_CPU_LAYOUT_SLOT, x->numel + y->numel + 1);
+    mrt_conv2d_params q = *p;
+
+    if (buffer == NULL)
+        return MRT_ENOMEM;
+    q.channels_last = 0;
+    mrt_tensor xt = nchw_view(x, buffer), yt = nchw_view(y, buffer + x->numel);
+    MRT_TRY(mrt_cpu_to_channels_first(ctx, x, &xt));
+    MRT_TRY(nchw_forward(ctx, &q, &xt, w, b, &yt));
+    return mrt_cpu_to_channels_last(ctx, &yt, y);
+}
+
+static int transposed_backward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tensor *dy,
+                               const mrt_tensor *x, const mrt_tensor *w, mrt_tensor *dx,
+                               mrt_tensor *dw, float beta)
+{
+    const int64_t count = 2 * x->numel + dy->numel + 1;
+    float *buffer = mrt_cpu_scratch(ctx, MRT_CPU_LAYOUT_SLOT, count);
+    mrt_conv2d_params q = *p;
+
+    if (buffer == NULL)
+        return MRT_ENOMEM;
+    q.channels_last = 0;
+    mrt_tensor xt = nchw_view(x, buffer), dyt = nchw_view(dy, buffer + x->numel);
+    mrt_tensor dxt = nchw_view(x, buffer + x->numel + dy->numel);
+    MRT_TRY(mrt_cpu_to_channels_first(ctx, x, &xt));
+    MRT_TRY(mrt_cpu_to_channels_first(ctx, dy, &dyt));
+    MRT_TRY(nchw_backward(ctx, &q, &dyt, &xt, w, dx != NULL ? &dxt : NULL, dw, NULL, beta));
+    return dx != NULL ? mrt_cpu_to_channels_last(ctx, &dxt, dx) : MRT_OK;
+}
+
+int mrt_cpu_conv2d_forward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tensor *x,
+                           const mrt_tensor *w, const mrt_tensor *b, mrt_tensor *y)
+{
+    if (y->numel == 0)
+        return MRT_OK;
+    if (!p->channels_last)
+        return nchw_forward(ctx, p, x, w, b, y);
+    int status = mrt_cpu_dnnl_conv2d_forward(ctx, p, x, w, b, y);
+    if (status != MRT_ENYI)
+        return status;
+    mrt_error_clear();
+    return transposed_forward(ctx, p, x, w, b, y);
+}
+
+int mrt_cpu_conv2d_backward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tensor *dy,
+                            const mrt_tensor *x, const mrt_tensor *w, mrt_tensor *dx,
+                            mrt_tensor *dw, mrt_tensor *db, float beta)
+{
+    if (!p->channels_last)
+        return nchw_backward(ctx, p, dy, x, w, dx, dw, db, beta);
+    /* dy is [N*OH*OW, O] row-major, so the bias gradient sums its columns. */
+    if (db != NULL)
+        MRT_TRY(mrt_cpu_column_sums(ctx, dy->data, dy->numel / dy->shape[3], dy->shape[3], beta,
+                                    db->data));
+    if (dx == NULL && dw == NULL)
+        return MRT_OK;
+    /* An empty batch only scales dw by beta, which the NCHW path does. */
+    if (dy->numel == 0)
+        return transposed_backward(ctx, p, dy, x, w, dx, dw, beta);
+    int status = mrt_cpu_dnnl_conv2d_backward(ctx, p, dy, x, w, dx, dw, beta);
+    if (status != MRT_ENYI)
+        return status;
+    mrt_error_clear();
+    return transposed_backward(ctx, p, dy, x, w, dx, dw, beta);
 }

@@ -1,35 +1,54 @@
 /*
  * cpu_backend.c: the CPU backend's table, memory, scratch arenas, thread
- * count and elementwise ops.
+ * count, matrix product and elementwise ops.
  *
- * Heavy loops use OpenMP; BLAS is OpenBLAS. Both get the same thread count
- * from mrt_threads_set so that they do not oversubscribe the cores.
+ * Every parallel loop, the engine's own and oneDNN's, runs on the one
+ * OpenMP thread pool, so mrt_threads_set controls all of them and no two
+ * pools compete for the cores. The matrix product is oneDNN's sgemm
+ * (dnnl_sgemm, OpenMP-threaded) when the build has oneDNN, else OpenBLAS,
+ * which then gets the same thread count.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <cblas.h>
 #include <omp.h>
+#ifdef MRT_HAVE_DNNL
+#include <dnnl.h>
+#else
+#include <cblas.h>
+#endif
 
 #include "cpu.h"
 
 typedef struct cpu_impl {
     float *scratch[MRT_CPU_SCRATCH_SLOTS];
     int64_t scratch_count[MRT_CPU_SCRATCH_SLOTS];
+    void *dnnl;                 /* dnnl_conv.c's engine, stream and plans */
 } cpu_impl;
 
 static int threads_current;
 
 int mrt_threads_set(int n)
 {
-    if (n < 0)
-        return mrt_fail(MRT_EINVAL, "mrt_threads_set: %d threads (expected 0 for all cores, or more)",
-                        n);
+    /*
+     * More threads than cores only adds switching: 4096 threads on 2 cores
+     * made one forward pass of 8 images take 8 s, and libgomp crashes from
+     * 65536 threads on. The floor of 64 keeps explicit counts usable on
+     * machines with few cores.
+     */
+    int procs = omp_get_num_procs();
+    int limit = 4 * procs > 64 ? 4 * procs : 64;
+
+    if (n < 0 || n > limit)
+        return mrt_fail(MRT_EINVAL, "mrt_threads_set: %d threads (expected 0 for all cores, or "
+                        "1 to %d: 4 per core on %d cores, at least 64)", n, limit, procs);
     if (n == 0)
-        n = omp_get_num_procs();
+        n = procs;
     omp_set_num_threads(n);
+#ifndef MRT_HAVE_DNNL
     openblas_set_num_threads(n);
+#endif
     threads_current = n;
     return MRT_OK;
 }
@@ -74,6 +93,7 @@ static void cpu_ctx_free(mrt_ctx *ctx)
         return;
     for (int i = 0; i < MRT_CPU_SCRATCH_SLOTS; i++)
         free(impl->scratch[i]);
+    mrt_cpu_dnnl_free(impl->dnnl);
     free(impl);
     ctx->impl = NULL;
 }
@@ -98,8 +118,85 @@ float *mrt_cpu_scratch(mrt_ctx *ctx, int slot, int64_t count)
     return impl->scratch[slot];
 }
 
+void **mrt_cpu_dnnl_slot(mrt_ctx *ctx)
+{
+    return &((cpu_impl *)ctx->impl)->dnnl;
+}
+
 /* Loops shorter than this run on one thread: forking costs more than it saves. */
 #define PARALLEL_MIN 32768
+
+int mrt_cpu_threads_for(int64_t n)
+{
+    return n > PARALLEL_MIN ? omp_get_max_threads() : 1;
+}
+
+void mrt_cpu_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                   const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+                   int64_t ldc)
+{
+    if (m == 0 || n == 0)
+        return;
+    if (k == 0) {
+        /* BLAS scales C by beta when the inner dimension is empty; do the same. */
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++)
+                c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+        return;
+    }
+#ifdef MRT_HAVE_DNNL
+    /* dnnl_sgemm fails only on negative sizes or too small leading dimensions,
+     * which the callers' shapes rule out. */
+    dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c,
+               ldc);
+#else
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha, a, (int)lda, b,
+                (int)ldb, beta, c, (int)ldc);
+#endif
+}
+
+/* acc[j] += row[j] in double, for one row of a column sum. */
+MRT_CPU_CLONES static void add_row(double *restrict acc, const float *restrict row, int64_t n)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++)
+        acc[j] += row[j];
+}
+
+int mrt_cpu_column_sums(mrt_ctx *ctx, const float *x, int64_t rows, int64_t cols, float beta,
+                        float *out)
+{
+    const int threads = mrt_cpu_threads_for(rows * cols);
+    /* Per-thread partial sums, double, in float units of the scratch slot. */
+    double *part = (double *)mrt_cpu_scratch(ctx, MRT_CPU_REDUCE_SLOT, 2 * threads * cols + 2);
+
+    if (part == NULL)
+        return MRT_ENOMEM;
+    /* Zeroed here: the runtime may start fewer threads than asked for. */
+    memset(part, 0, (size_t)(threads * cols) * sizeof(double));
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), count = omp_get_num_threads();
+        double *acc = part + t * cols;
+        for (int64_t i = rows * t / count; i < rows * (t + 1) / count; i++)
+            add_row(acc, x + i * cols, cols);
+    }
+    for (int64_t j = 0; j < cols; j++) {
+        double sum = 0.0;
+        for (int t = 0; t < threads; t++)
+            sum += part[t * cols + j];
+        out[j] = beta == 0.0f ? (float)sum : (float)(beta * (double)out[j] + sum);
+    }
+    return MRT_OK;
+}
+
+void mrt_cpu_accumulate(float *y, const float *x, int64_t n, float beta)
+{
+#pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = beta == 0.0f ? x[i] : beta * y[i] + x[i];
+}
 
 int mrt_cpu_fill(mrt_ctx *ctx, mrt_tensor *t, float value)
 {
@@ -237,6 +334,11 @@ static const mrt_backend cpu_backend = {
     .resize_bilinear = mrt_cpu_resize_bilinear,
     .normalize = mrt_cpu_normalize,
     .crop_flip = mrt_cpu_crop_flip,
+    .channels_last = 1,
+    .to_channels_last = mrt_cpu_to_channels_last,
+    .to_channels_first = mrt_cpu_to_channels_first,
+    .batchnorm_act_forward = mrt_cpu_batchnorm_act_forward,
+    .batchnorm_act_backward = mrt_cpu_batchnorm_act_backward,
 };
 
 const mrt_backend *mrt_cpu_backend(void)

@@ -120,6 +120,25 @@ typedef struct mrt_backend {
                      mrt_tensor *y);
     int (*crop_flip)(mrt_ctx *ctx, const mrt_tensor *x, const int32_t *top, const int32_t *left,
                      const uint8_t *flip, mrt_tensor *y);
+
+    /* Channels-last layout (mrt_nn.h): 1 when conv2d, pooling and global average
+     * pooling take channels-last operands; 0 (a table without it) makes them NYI. */
+    int channels_last;
+    int (*to_channels_last)(mrt_ctx *ctx, const mrt_tensor *x, mrt_tensor *y);
+    int (*to_channels_first)(mrt_ctx *ctx, const mrt_tensor *x, mrt_tensor *y);
+    /* Fused batch normalisation, residual sum and ReLU (mrt_nn.h); y is NULL
+     * in backward unless the forward ended in ReLU. Optional: NULL is NYI. */
+    int (*batchnorm_act_forward)(mrt_ctx *ctx, const mrt_tensor *x, const mrt_tensor *gamma,
+                                 const mrt_tensor *beta_, mrt_tensor *running_mean,
+                                 mrt_tensor *running_var, mrt_tensor *save_mean,
+                                 mrt_tensor *save_invstd, const mrt_tensor *residual,
+                                 mrt_tensor *y, int training, int update_running,
+                                 double momentum, double eps, int relu);
+    int (*batchnorm_act_backward)(mrt_ctx *ctx, const mrt_tensor *dy, const mrt_tensor *x,
+                                  const mrt_tensor *y, const mrt_tensor *gamma,
+                                  const mrt_tensor *save_mean, const mrt_tensor *save_invstd,
+                                  mrt_tensor *dx, mrt_tensor *dresidual, mrt_tensor *dgamma,
+                                  mrt_tensor *dbeta, float beta);
 } mrt_backend;
 
 struct mrt_ctx {

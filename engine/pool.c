@@ -7,19 +7,24 @@
  * row-major window order. A NaN in the window wins, as in PyTorch's CPU
  * kernel. Its backward stores no indices, because it finds each window's
  * maximum again from x and y. The CPU path runs one [H,W] plane per OpenMP
- * thread and sums averages in double.
+ * thread and sums averages in double. Channels-last operands (the
+ * channels_last parameter, or a 3-D [N,S,C] input to global pooling) run
+ * one image per thread, with the inner loops over the contiguous channels.
  */
 #include <math.h>
 #include <string.h>
 
 #include "cpu.h"
 
+/* Channels-last loops work on this many channels at a time (per-channel state on the stack). */
+#define CHANNEL_CHUNK 64
+
 /* Loops over fewer elements than this run on one thread. */
 #define POOL_PARALLEL_MIN 32768
 
 /* ---- argument checks ---------------------------------------------------- */
 
-static int check_params(const char *fn, const mrt_pool2d_params *p)
+static int check_params(mrt_ctx *ctx, const char *fn, const mrt_pool2d_params *p)
 {
     if (p == NULL)
         return mrt_fail(MRT_EINVAL, "%s: missing pooling parameters 'p'", fn);
@@ -39,27 +44,37 @@ static int check_params(const char *fn, const mrt_pool2d_params *p)
     if (p->ceil_mode != 0)
         return mrt_fail(MRT_ENYI, "NYI: %s: ceil_mode = %d (only 0 is implemented)", fn,
                         p->ceil_mode);
+    if (p->channels_last != 0 && p->channels_last != 1)
+        return mrt_fail(MRT_EINVAL, "%s: channels_last is %d (expected 0 or 1)", fn,
+                        p->channels_last);
+    if (p->channels_last && !mrt_channels_last_supported(ctx))
+        return mrt_fail(MRT_ENYI, "NYI: %s: channels-last operands on the %s backend", fn,
+                        ctx->backend->name);
     return MRT_OK;
 }
 
-/* Checks p and the input-shaped tensor t[N,C,H,W] and stores the output shape [N,C,OH,OW]. */
+/*
+ * Checks p and the input-shaped tensor t[N,C,H,W] (or [N,H,W,C] with
+ * channels last) and stores the output shape [N,C,OH,OW] (or [N,OH,OW,C]).
+ */
 static int check_input(mrt_ctx *ctx, const char *fn, const char *name,
                        const mrt_pool2d_params *p, const mrt_tensor *t, int64_t *y_shape)
 {
     char ts[160];
 
-    MRT_TRY(check_params(fn, p));
+    MRT_TRY(check_params(ctx, fn, p));
     MRT_TRY(mrt_check_tensor(ctx, fn, name, t, 4));
-    int64_t oh = mrt_conv2d_out_size(t->shape[2], p->kernel_h, p->stride_h, p->pad_h, 1);
-    int64_t ow = mrt_conv2d_out_size(t->shape[3], p->kernel_w, p->stride_w, p->pad_w, 1);
+    const int h_dim = p->channels_last ? 1 : 2;
+    int64_t oh = mrt_conv2d_out_size(t->shape[h_dim], p->kernel_h, p->stride_h, p->pad_h, 1);
+    int64_t ow = mrt_conv2d_out_size(t->shape[h_dim + 1], p->kernel_w, p->stride_w, p->pad_w, 1);
     if (oh < 1 || ow < 1)
         return mrt_fail(MRT_EINVAL, "%s: '%s' %s is too small for kernel %dx%d with padding "
                         "%dx%d", fn, name, mrt_tensor_shape_str(t, ts, sizeof ts), p->kernel_h,
                         p->kernel_w, p->pad_h, p->pad_w);
-    y_shape[0] = t->shape[0];
-    y_shape[1] = t->shape[1];
-    y_shape[2] = oh;
-    y_shape[3] = ow;
+    for (int i = 0; i < 4; i++)
+        y_shape[i] = t->shape[i];
+    y_shape[h_dim] = oh;
+    y_shape[h_dim + 1] = ow;
     return MRT_OK;
 }
 
@@ -118,18 +133,29 @@ int mrt_avgpool2d_backward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mrt_t
     return MRT_DISPATCH(ctx, avgpool2d_backward, p, dy, dx);
 }
 
-/* Checks t[N,C,H,W] with H*W > 0 and stores [N,C] in nc. */
+/*
+ * Checks t[N,C,H,W], or a channels-last t[N,S,C], with positions to
+ * average, and stores [N,C] in nc.
+ */
 static int check_global_input(mrt_ctx *ctx, const char *fn, const char *name,
                               const mrt_tensor *t, int64_t *nc)
 {
     char ts[160];
 
-    MRT_TRY(mrt_check_tensor(ctx, fn, name, t, 4));
-    if (t->shape[2] * t->shape[3] == 0)
+    MRT_TRY(mrt_check_tensor(ctx, fn, name, t, -1));
+    mrt_tensor_shape_str(t, ts, sizeof ts);
+    if (t->ndim != 4 && t->ndim != 3)
+        return mrt_fail(MRT_EINVAL, "%s: expected 4-D '%s' [N,C,H,W] or 3-D [N,S,C], got %d-D %s",
+                        fn, name, (int)t->ndim, ts);
+    if (t->ndim == 3 && !mrt_channels_last_supported(ctx))
+        return mrt_fail(MRT_ENYI, "NYI: %s: channels-last '%s' %s on the %s backend", fn, name,
+                        ts, ctx->backend->name);
+    const int64_t positions = t->ndim == 4 ? t->shape[2] * t->shape[3] : t->shape[1];
+    if (positions == 0)
         return mrt_fail(MRT_EINVAL, "%s: '%s' %s has no spatial positions to average", fn, name,
-                        mrt_tensor_shape_str(t, ts, sizeof ts));
+                        ts);
     nc[0] = t->shape[0];
-    nc[1] = t->shape[1];
+    nc[1] = t->shape[t->ndim == 4 ? 1 : 2];
     return MRT_OK;
 }
 
@@ -225,8 +251,8 @@ static int64_t window_find(const float *plane, int64_t width, const window *win,
     return window_argmax(plane, width, win, &max);
 }
 
-int mrt_cpu_maxpool2d_forward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mrt_tensor *x,
-                              mrt_tensor *y)
+static int nchw_maxpool2d_forward(mrt_ctx *ctx, const mrt_pool2d_params *p,
+                                  const mrt_tensor *x, mrt_tensor *y)
 {
     const pool_shape s = shape_of(x, y);
 
@@ -244,8 +270,9 @@ int mrt_cpu_maxpool2d_forward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mr
     return MRT_OK;
 }
 
-int mrt_cpu_maxpool2d_backward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mrt_tensor *dy,
-                               const mrt_tensor *x, const mrt_tensor *y, mrt_tensor *dx)
+static int nchw_maxpool2d_backward(mrt_ctx *ctx, const mrt_pool2d_params *p,
+                                   const mrt_tensor *dy, const mrt_tensor *x, const mrt_tensor *y,
+                                   mrt_tensor *dx)
 {
     const pool_shape s = shape_of(x, y);
 
@@ -275,8 +302,8 @@ static double window_divisor(const mrt_pool2d_params *p, const window *win)
     return (double)((win->h1 - win->h0) * (win->w1 - win->w0));
 }
 
-int mrt_cpu_avgpool2d_forward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mrt_tensor *x,
-                              mrt_tensor *y)
+static int nchw_avgpool2d_forward(mrt_ctx *ctx, const mrt_pool2d_params *p,
+                                  const mrt_tensor *x, mrt_tensor *y)
 {
     const pool_shape s = shape_of(x, y);
 
@@ -298,8 +325,8 @@ int mrt_cpu_avgpool2d_forward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mr
     return MRT_OK;
 }
 
-int mrt_cpu_avgpool2d_backward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mrt_tensor *dy,
-                               mrt_tensor *dx)
+static int nchw_avgpool2d_backward(mrt_ctx *ctx, const mrt_pool2d_params *p,
+                                   const mrt_tensor *dy, mrt_tensor *dx)
 {
     const pool_shape s = shape_of(dx, dy);
 
@@ -321,7 +348,7 @@ int mrt_cpu_avgpool2d_backward(mrt_ctx *ctx, const mrt_pool2d_params *p, const m
     return MRT_OK;
 }
 
-int mrt_cpu_global_avgpool_forward(mrt_ctx *ctx, const mrt_tensor *x, mrt_tensor *y)
+static int nchw_global_avgpool_forward(mrt_ctx *ctx, const mrt_tensor *x, mrt_tensor *y)
 {
     const int64_t planes = x->shape[0] * x->shape[1], size = x->shape[2] * x->shape[3];
 
@@ -337,7 +364,7 @@ int mrt_cpu_global_avgpool_forward(mrt_ctx *ctx, const mrt_tensor *x, mrt_tensor
     return MRT_OK;
 }
 
-int mrt_cpu_global_avgpool_backward(mrt_ctx *ctx, const mrt_tensor *dy, mrt_tensor *dx)
+static int nchw_global_avgpool_backward(mrt_ctx *ctx, const mrt_tensor *dy, mrt_tensor *dx)
 {
     const int64_t planes = dx->shape[0] * dx->shape[1], size = dx->shape[2] * dx->shape[3];
 
@@ -350,4 +377,254 @@ int mrt_cpu_global_avgpool_backward(mrt_ctx *ctx, const mrt_tensor *dy, mrt_tens
             grad_in[q] = g;
     }
     return MRT_OK;
+}
+
+/* ---- channels-last CPU implementation ------------------------------------- */
+
+/* The plane geometry of channels-last x[N,H,W,C] and y[N,OH,OW,C]. */
+static pool_shape shape_last(const mrt_tensor *in, const mrt_tensor *out)
+{
+    pool_shape s = {in->shape[0], in->shape[1], in->shape[2], out->shape[1], out->shape[2]};
+    return s;
+}
+
+/* best := the window maximum so far, with PyTorch's rule: greater, or NaN. */
+MRT_CPU_CLONES static void max_update(float *restrict best, const float *restrict v, int64_t c)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < c; j++)
+        best[j] = v[j] > best[j] || v[j] != v[j] ? v[j] : best[j];
+}
+
+/* acc += v in double. */
+MRT_CPU_CLONES static void sum_update(double *restrict acc, const float *restrict v, int64_t c)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < c; j++)
+        acc[j] += v[j];
+}
+
+static int last_maxpool_forward(const mrt_pool2d_params *p, const mrt_tensor *x, mrt_tensor *y)
+{
+    const pool_shape s = shape_last(x, y);
+    const int64_t c = x->shape[3];
+
+#pragma omp parallel for if (x->numel > POOL_PARALLEL_MIN) schedule(static)
+    for (int64_t n = 0; n < s.planes; n++) {
+        const float *in = x->data + n * s.h * s.w * c;
+        for (int64_t oh = 0; oh < s.oh; oh++)
+            for (int64_t ow = 0; ow < s.ow; ow++) {
+                const window win = window_at(&s, p, oh, ow);
+                float *out = y->data + ((n * s.oh + oh) * s.ow + ow) * c;
+                for (int64_t j = 0; j < c; j++)
+                    out[j] = -INFINITY;
+                for (int64_t ih = win.h0; ih < win.h1; ih++)
+                    for (int64_t iw = win.w0; iw < win.w1; iw++)
+                        max_update(out, in + (ih * s.w + iw) * c, c);
+            }
+    }
+    return MRT_OK;
+}
+
+/*
+ * best[j] := e where window element e (values v, row-major window order)
+ * is the one backward credits for channel j: the first equal to the
+ * maximum y[j], or the last NaN when y[j] is NaN, as the forward rule picks
+ * it. Written without branches so that it vectorizes over the channels.
+ */
+MRT_CPU_CLONES static void argmax_update(int32_t *restrict best, const float *restrict v,
+                                         const float *restrict y, int32_t e, int64_t count)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < count; j++) {
+        const float value = v[j], target = y[j];
+        const int hit = target != target ? value != value : best[j] < 0 && value == target;
+        best[j] = hit ? e : best[j];
+    }
+}
+
+/*
+ * For channels [c0, c0+count) of one window, stores in best[] the window
+ * element that backward credits (see argmax_update); -1 means none (no
+ * element equals y).
+ */
+static void window_argmax_last(const float *in, int64_t width, int64_t c, const window *win,
+                               const float *y, int64_t c0, int64_t count, int32_t *best)
+{
+    int32_t e = 0;
+
+    for (int64_t j = 0; j < count; j++)
+        best[j] = -1;
+    for (int64_t ih = win->h0; ih < win->h1; ih++)
+        for (int64_t iw = win->w0; iw < win->w1; iw++, e++)
+            argmax_update(best, in + (ih * width + iw) * c + c0, y + c0, e, count);
+}
+
+static int last_maxpool_backward(const mrt_pool2d_params *p, const mrt_tensor *dy,
+                                 const mrt_tensor *x, const mrt_tensor *y, mrt_tensor *dx)
+{
+    const pool_shape s = shape_last(x, y);
+    const int64_t c = x->shape[3];
+
+#pragma omp parallel for if (x->numel > POOL_PARALLEL_MIN) schedule(static)
+    for (int64_t n = 0; n < s.planes; n++) {
+        const float *in = x->data + n * s.h * s.w * c;
+        float *grad_in = dx->data + n * s.h * s.w * c;
+        memset(grad_in, 0, (size_t)(s.h * s.w * c) * sizeof(float));
+        for (int64_t oh = 0; oh < s.oh; oh++)
+            for (int64_t ow = 0; ow < s.ow; ow++) {
+                const window win = window_at(&s, p, oh, ow);
+                const int64_t q = ((n * s.oh + oh) * s.ow + ow) * c;
+                const int64_t win_w = win.w1 - win.w0;
+                for (int64_t c0 = 0; c0 < c; c0 += CHANNEL_CHUNK) {
+                    const int64_t count = c - c0 < CHANNEL_CHUNK ? c - c0 : CHANNEL_CHUNK;
+                    int32_t best[CHANNEL_CHUNK];
+                    window_argmax_last(in, s.w, c, &win, y->data + q, c0, count, best);
+                    for (int64_t j = 0; j < count; j++) {
+                        if (best[j] < 0)
+                            continue;
+                        const int64_t ih = win.h0 + best[j] / win_w, iw = win.w0 + best[j] % win_w;
+                        grad_in[(ih * s.w + iw) * c + c0 + j] += dy->data[q + c0 + j];
+                    }
+                }
+            }
+    }
+    return MRT_OK;
+}
+
+static int last_avgpool_forward(const mrt_pool2d_params *p, const mrt_tensor *x, mrt_tensor *y)
+{
+    const pool_shape s = shape_last(x, y);
+    const int64_t c = x->shape[3];
+
+#pragma omp parallel for if (x->numel > POOL_PARALLEL_MIN) schedule(static)
+    for (int64_t n = 0; n < s.planes; n++) {
+        const float *in = x->data + n * s.h * s.w * c;
+        for (int64_t oh = 0; oh < s.oh; oh++)
+            for (int64_t ow = 0; ow < s.ow; ow++) {
+                const window win = window_at(&s, p, oh, ow);
+                const double divisor = window_divisor(p, &win);
+                float *out = y->data + ((n * s.oh + oh) * s.ow + ow) * c;
+                for (int64_t c0 = 0; c0 < c; c0 += CHANNEL_CHUNK) {
+                    const int64_t count = c - c0 < CHANNEL_CHUNK ? c - c0 : CHANNEL_CHUNK;
+                    double acc[CHANNEL_CHUNK] = {0};
+                    for (int64_t ih = win.h0; ih < win.h1; ih++)
+                        for (int64_t iw = win.w0; iw < win.w1; iw++)
+                            sum_update(acc, in + (ih * s.w + iw) * c + c0, count);
+                    for (int64_t j = 0; j < count; j++)
+                        out[c0 + j] = (float)(acc[j] / divisor);
+                }
+            }
+    }
+    return MRT_OK;
+}
+
+static int last_avgpool_backward(const mrt_pool2d_params *p, const mrt_tensor *dy,
+                                 mrt_tensor *dx)
+{
+    const pool_shape s = shape_last(dx, dy);
+    const int64_t c = dx->shape[3];
+
+#pragma omp parallel for if (dx->numel > POOL_PARALLEL_MIN) schedule(static)
+    for (int64_t n = 0; n < s.planes; n++) {
+        float *grad_in = dx->data + n * s.h * s.w * c;
+        memset(grad_in, 0, (size_t)(s.h * s.w * c) * sizeof(float));
+        for (int64_t oh = 0; oh < s.oh; oh++)
+            for (int64_t ow = 0; ow < s.ow; ow++) {
+                const window win = window_at(&s, p, oh, ow);
+                const double divisor = window_divisor(p, &win);
+                const float *grad_out = dy->data + ((n * s.oh + oh) * s.ow + ow) * c;
+                for (int64_t ih = win.h0; ih < win.h1; ih++)
+                    for (int64_t iw = win.w0; iw < win.w1; iw++) {
+                        float *g = grad_in + (ih * s.w + iw) * c;
+                        for (int64_t j = 0; j < c; j++)
+                            g[j] += (float)(grad_out[j] / divisor);
+                    }
+            }
+    }
+    return MRT_OK;
+}
+
+/* y[n,c] := mean over s of x[n,s,c]. */
+static int last_global_forward(const mrt_tensor *x, mrt_tensor *y)
+{
+    const int64_t images = x->shape[0], positions = x->shape[1], c = x->shape[2];
+
+#pragma omp parallel for if (x->numel > POOL_PARALLEL_MIN) schedule(static)
+    for (int64_t n = 0; n < images; n++) {
+        const float *in = x->data + n * positions * c;
+        for (int64_t c0 = 0; c0 < c; c0 += CHANNEL_CHUNK) {
+            const int64_t count = c - c0 < CHANNEL_CHUNK ? c - c0 : CHANNEL_CHUNK;
+            double acc[CHANNEL_CHUNK] = {0};
+            for (int64_t q = 0; q < positions; q++)
+                sum_update(acc, in + q * c + c0, count);
+            for (int64_t j = 0; j < count; j++)
+                y->data[n * c + c0 + j] = (float)(acc[j] / (double)positions);
+        }
+    }
+    return MRT_OK;
+}
+
+static int last_global_backward(const mrt_tensor *dy, mrt_tensor *dx)
+{
+    const int64_t images = dx->shape[0], positions = dx->shape[1], c = dx->shape[2];
+
+#pragma omp parallel for if (dx->numel > POOL_PARALLEL_MIN) schedule(static)
+    for (int64_t n = 0; n < images; n++) {
+        float g[CHANNEL_CHUNK];
+        for (int64_t c0 = 0; c0 < c; c0 += CHANNEL_CHUNK) {
+            const int64_t count = c - c0 < CHANNEL_CHUNK ? c - c0 : CHANNEL_CHUNK;
+            for (int64_t j = 0; j < count; j++)
+                g[j] = (float)(dy->data[n * c + c0 + j] / (double)positions);
+            for (int64_t q = 0; q < positions; q++)
+                memcpy(dx->data + (n * positions + q) * c + c0, g, (size_t)count * sizeof(float));
+        }
+    }
+    return MRT_OK;
+}
+
+int mrt_cpu_maxpool2d_forward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mrt_tensor *x,
+                              mrt_tensor *y)
+{
+    if (p->channels_last)
+        return last_maxpool_forward(p, x, y);
+    return nchw_maxpool2d_forward(ctx, p, x, y);
+}
+
+int mrt_cpu_maxpool2d_backward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mrt_tensor *dy,
+                               const mrt_tensor *x, const mrt_tensor *y, mrt_tensor *dx)
+{
+    if (p->channels_last)
+        return last_maxpool_backward(p, dy, x, y, dx);
+    return nchw_maxpool2d_backward(ctx, p, dy, x, y, dx);
+}
+
+int mrt_cpu_avgpool2d_forward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mrt_tensor *x,
+                              mrt_tensor *y)
+{
+    if (p->channels_last)
+        return last_avgpool_forward(p, x, y);
+    return nchw_avgpool2d_forward(ctx, p, x, y);
+}
+
+int mrt_cpu_avgpool2d_backward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mrt_tensor *dy,
+                               mrt_tensor *dx)
+{
+    if (p->channels_last)
+        return last_avgpool_backward(p, dy, dx);
+    return nchw_avgpool2d_backward(ctx, p, dy, dx);
+}
+
+int mrt_cpu_global_avgpool_forward(mrt_ctx *ctx, const mrt_tensor *x, mrt_tensor *y)
+{
+    if (x->ndim == 3)
+        return last_global_forward(x, y);
+    return nchw_global_avgpool_forward(ctx, x, y);
+}
+
+int mrt_cpu_global_avgpool_backward(mrt_ctx *ctx, const mrt_tensor *dy, mrt_tensor *dx)
+{
+    if (dx->ndim == 3)
+        return last_global_backward(dy, dx);
+    return nchw_global_avgpool_backward(ctx, dy, dx);
 }

@@ -25,9 +25,14 @@ typedef struct mrt_conv2d_params {
     int32_t pad_h, pad_w;
     int32_t dilation_h, dilation_w;   /* 1 for a plain convolution */
     int32_t groups;                   /* 1; other values are NYI */
+    int32_t channels_last;            /* 1: x [N,H,W,C], y and dy [N,OH,OW,O]; 0: NCHW */
 } mrt_conv2d_params;
 
-/* y[N,O,OH,OW] := conv(x[N,C,H,W], w[O,C,KH,KW]) + b[O] (b optional). */
+/*
+ * y[N,O,OH,OW] := conv(x[N,C,H,W], w[O,C,KH,KW]) + b[O] (b optional). With
+ * p->channels_last = 1 the activations are channels-last, x [N,H,W,C] and
+ * y [N,OH,OW,O], while w keeps its [O,C,KH,KW] layout.
+ */
 int mrt_conv2d_forward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tensor *x,
                        const mrt_tensor *w, const mrt_tensor *b /* optional */, mrt_tensor *y);
 int mrt_conv2d_backward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tensor *dy,
@@ -60,6 +65,34 @@ int mrt_batchnorm_backward(mrt_ctx *ctx, const mrt_tensor *dy, const mrt_tensor 
                            mrt_tensor *dgamma /* optional */, mrt_tensor *dbeta /* optional */,
                            float beta);
 
+/*
+ * Batch normalisation, then the sum with a residual (optional, x's shape)
+ * and ReLU (when relu is 1), in one pass: y := relu(bn(x) + residual). The
+ * other arguments are those of mrt_batchnorm_forward. y may be x or the
+ * residual; with y = x no backward can follow, because it needs x.
+ */
+int mrt_batchnorm_act_forward(mrt_ctx *ctx, const mrt_tensor *x, const mrt_tensor *gamma,
+                              const mrt_tensor *beta_, mrt_tensor *running_mean,
+                              mrt_tensor *running_var, mrt_tensor *save_mean /* out */,
+                              mrt_tensor *save_invstd /* out */,
+                              const mrt_tensor *residual /* optional */, mrt_tensor *y,
+                              int training, int update_running, double momentum, double eps,
+                              int relu);
+/*
+ * Backward of a training-mode mrt_batchnorm_act_forward. y is its output,
+ * needed when relu is 1 (dy counts where y > 0, or y is NaN). dresidual
+ * receives the residual's gradient, dy masked by the ReLU. dx may be dy.
+ */
+int mrt_batchnorm_act_backward(mrt_ctx *ctx, const mrt_tensor *dy, const mrt_tensor *x,
+                               const mrt_tensor *y /* optional unless relu */,
+                               const mrt_tensor *gamma, const mrt_tensor *save_mean,
+                               const mrt_tensor *save_invstd, mrt_tensor *dx /* optional */,
+                               mrt_tensor *dresidual /* optional */,
+                               mrt_tensor *dgamma /* optional */, mrt_tensor *dbeta /* optional */,
+                               float beta, int relu);
+/* 1 when the context's backend implements the two fused ops above, else 0. */
+int mrt_batchnorm_act_supported(const mrt_ctx *ctx);
+
 int mrt_relu_forward(mrt_ctx *ctx, const mrt_tensor *x, mrt_tensor *y);
 /* dx := dy where y > 0, else 0; dx may alias dy. */
 int mrt_relu_backward(mrt_ctx *ctx, const mrt_tensor *dy, const mrt_tensor *y, mrt_tensor *dx);
@@ -70,6 +103,7 @@ typedef struct mrt_pool2d_params {
     int32_t pad_h, pad_w;
     int32_t count_include_pad;  /* average pooling: divide by the full window (PyTorch default) */
     int32_t ceil_mode;          /* 0 (PyTorch default); 1 is NYI */
+    int32_t channels_last;      /* 1: x [N,H,W,C] and y [N,OH,OW,C]; 0: NCHW */
 } mrt_pool2d_params;
 
 /* Max pooling; padded positions never win. Ties go to the first index. */
@@ -82,7 +116,11 @@ int mrt_avgpool2d_forward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mrt_te
 int mrt_avgpool2d_backward(mrt_ctx *ctx, const mrt_pool2d_params *p, const mrt_tensor *dy,
                            mrt_tensor *dx);
 
-/* y[N,C] := mean of x[N,C,H,W] over H and W. */
+/*
+ * y[N,C] := mean of x[N,C,H,W] over H and W. A 3-D x[N,S,C] is a
+ * channels-last activation [N,H,W,C] viewed with S = H*W positions, and y
+ * is its mean over S.
+ */
 int mrt_global_avgpool_forward(mrt_ctx *ctx, const mrt_tensor *x, mrt_tensor *y);
 int mrt_global_avgpool_backward(mrt_ctx *ctx, const mrt_tensor *dy, mrt_tensor *dx);
 
@@ -98,5 +136,19 @@ int mrt_xent_forward(mrt_ctx *ctx, const mrt_tensor *logits, const int32_t *labe
 /* dlogits := scale*(probs - onehot(labels))/N; scale is the loss weight, usually 1. */
 int mrt_xent_backward(mrt_ctx *ctx, const mrt_tensor *probs, const int32_t *labels, float scale,
                       mrt_tensor *dlogits);
+
+/*
+ * Channels-last layout. A channels-last activation is a row-major [N,H,W,C]
+ * tensor. Convolution and pooling take one when the channels_last field of
+ * their parameters is 1, global average pooling when x is 3-D [N,S,C], and
+ * batch normalisation takes it viewed as [N*H*W, C]. The CPU backend's
+ * convolutions are fastest in this layout.
+ */
+/* 1 when the context's backend accepts channels-last operands, else 0. */
+int mrt_channels_last_supported(const mrt_ctx *ctx);
+/* y[N,H,W,C] := x[N,C,H,W]; y must not share storage with x. */
+int mrt_to_channels_last(mrt_ctx *ctx, const mrt_tensor *x, mrt_tensor *y);
+/* y[N,C,H,W] := x[N,H,W,C]; y must not share storage with x. */
+int mrt_to_channels_first(mrt_ctx *ctx, const mrt_tensor *x, mrt_tensor *y);
 
 #endif

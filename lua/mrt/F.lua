@@ -72,19 +72,23 @@ end
 
 --------------------------------------------------------------------- conv2d
 
--- Returns convolution parameters. Each argument is an integer or {h, w},
--- with defaults stride 1, padding 0 and dilation 1. groups is always 1.
-function F.conv2d_params(stride, pad, dilation)
+-- Returns convolution parameters. Each of stride, pad and dilation is an
+-- integer or {h, w}, with defaults stride 1, padding 0 and dilation 1.
+-- channels_last (a boolean, default false) makes the activations
+-- channels-last: x {N, H, W, C} and y {N, OH, OW, O}. groups is always 1.
+function F.conv2d_params(stride, pad, dilation, channels_last)
    local sh, sw = pair(stride, 'conv2d_params: stride', 1, 2)
    local ph, pw = pair(pad, 'conv2d_params: pad', 0, 2)
    local dh, dw = pair(dilation, 'conv2d_params: dilation', 1, 2)
    return ffi.new('mrt_conv2d_params', {
       stride_h = sh, stride_w = sw, pad_h = ph, pad_w = pw,
       dilation_h = dh, dilation_w = dw, groups = 1,
+      channels_last = flag(channels_last, 'conv2d_params: channels_last', 2),
    })
 end
 
--- Output shape {N, O, OH, OW} of x {N, C, H, W} convolved with w {O, C, KH, KW}.
+-- Output shape {N, O, OH, OW} of x {N, C, H, W} convolved with w {O, C, KH, KW};
+-- {N, OH, OW, O} of x {N, H, W, C} when p is channels-last.
 function F.conv2d_out_shape(xshape, wshape, p)
    if p.stride_h < 1 or p.stride_w < 1 or p.pad_h < 0 or p.pad_w < 0 or p.dilation_h < 1
          or p.dilation_w < 1 then
@@ -92,15 +96,18 @@ function F.conv2d_out_shape(xshape, wshape, p)
          .. 'dilation %dx%d (expected stride and dilation >= 1, padding >= 0)', p.stride_h,
          p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w), 2)
    end
-   local oh = tonumber(C.mrt_conv2d_out_size(xshape[3], wshape[3], p.stride_h, p.pad_h,
-      p.dilation_h))
-   local ow = tonumber(C.mrt_conv2d_out_size(xshape[4], wshape[4], p.stride_w, p.pad_w,
-      p.dilation_w))
+   local last = p.channels_last ~= 0
+   local h, w = xshape[last and 2 or 3], xshape[last and 3 or 4]
+   local oh = tonumber(C.mrt_conv2d_out_size(h, wshape[3], p.stride_h, p.pad_h, p.dilation_h))
+   local ow = tonumber(C.mrt_conv2d_out_size(w, wshape[4], p.stride_w, p.pad_w, p.dilation_w))
    if oh < 1 or ow < 1 then
       error(string.format('conv2d_out_shape: input %s is too small for kernel %dx%d with '
          .. 'stride %dx%d, padding %dx%d and dilation %dx%d', tensor.shape_string(xshape),
          wshape[3], wshape[4], p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dilation_h,
          p.dilation_w), 2)
+   end
+   if last then
+      return { xshape[1], oh, ow, wshape[1] }
    end
    return { xshape[1], wshape[1], oh, ow }
 end
@@ -137,6 +144,36 @@ function F.batchnorm_backward(dy, x, gamma, save_mean, save_invstd, dx, dgamma, 
       save_invstd.c, descriptor(dx), descriptor(dgamma), descriptor(dbeta), beta or 0), 2)
 end
 
+-- True when the engine on `device` (default: the default device) has the
+-- fused batchnorm_act ops.
+function F.batchnorm_act_supported(device)
+   return C.mrt_batchnorm_act_supported(tensor.context(device)) ~= 0
+end
+
+-- y := relu(bn(x) + residual) in one pass; residual may be nil and relu is
+-- a boolean. The other arguments are those of batchnorm_forward. y may be x
+-- when no backward follows.
+function F.batchnorm_act_forward(x, gamma, beta, running_mean, running_var, save_mean,
+                                 save_invstd, residual, y, training, update_running, momentum,
+                                 eps, relu)
+   local train = flag(training, 'batchnorm_act_forward: training', 2)
+   local update = flag(update_running, 'batchnorm_act_forward: update_running', 2)
+   lib.check(C.mrt_batchnorm_act_forward(x:context(), x.c, gamma.c, beta.c,
+      descriptor(running_mean), descriptor(running_var), descriptor(save_mean),
+      descriptor(save_invstd), descriptor(residual), y.c, train, update, momentum or 0.1,
+      eps or 1e-5, flag(relu, 'batchnorm_act_forward: relu', 2)), 2)
+   return y
+end
+
+-- Backward of batchnorm_act_forward: y is its output (needed when relu is
+-- true); dresidual receives the residual's gradient. Each output may be nil.
+function F.batchnorm_act_backward(dy, x, y, gamma, save_mean, save_invstd, dx, dresidual,
+                                  dgamma, dbeta, beta, relu)
+   lib.check(C.mrt_batchnorm_act_backward(dy:context(), dy.c, x.c, descriptor(y), gamma.c,
+      save_mean.c, save_invstd.c, descriptor(dx), descriptor(dresidual), descriptor(dgamma),
+      descriptor(dbeta), beta or 0, flag(relu, 'batchnorm_act_backward: relu', 2)), 2)
+end
+
 ----------------------------------------------------------------------- relu
 
 function F.relu_forward(x, y)
@@ -154,8 +191,9 @@ end
 
 -- Returns pooling parameters. kernel, stride and pad are integers or {h, w}.
 -- As in PyTorch, stride defaults to the kernel, pad to 0 and
--- count_include_pad (a boolean for average pooling) to true.
-function F.pool2d_params(kernel, stride, pad, count_include_pad)
+-- count_include_pad (a boolean for average pooling) to true. channels_last
+-- (a boolean, default false) takes x {N, H, W, C} to y {N, OH, OW, C}.
+function F.pool2d_params(kernel, stride, pad, count_include_pad, channels_last)
    if kernel == nil then
       error('pool2d_params: missing kernel size', 2)
    end
@@ -165,10 +203,12 @@ function F.pool2d_params(kernel, stride, pad, count_include_pad)
    return ffi.new('mrt_pool2d_params', {
       kernel_h = kh, kernel_w = kw, stride_h = sh, stride_w = sw, pad_h = ph, pad_w = pw,
       count_include_pad = count_include_pad == false and 0 or 1, ceil_mode = 0,
+      channels_last = flag(channels_last, 'pool2d_params: channels_last', 2),
    })
 end
 
--- Output shape {N, C, OH, OW} of pooling x {N, C, H, W}.
+-- Output shape {N, C, OH, OW} of pooling x {N, C, H, W}, or {N, OH, OW, C}
+-- of x {N, H, W, C} when p is channels-last.
 function F.pool2d_out_shape(xshape, p)
    if p.kernel_h < 1 or p.kernel_w < 1 or p.stride_h < 1 or p.stride_w < 1 or p.pad_h < 0
          or p.pad_w < 0 then
@@ -176,12 +216,17 @@ function F.pool2d_out_shape(xshape, p)
          .. 'padding %dx%d (expected kernel and stride >= 1, padding >= 0)', p.kernel_h,
          p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w), 2)
    end
-   local oh = tonumber(C.mrt_conv2d_out_size(xshape[3], p.kernel_h, p.stride_h, p.pad_h, 1))
-   local ow = tonumber(C.mrt_conv2d_out_size(xshape[4], p.kernel_w, p.stride_w, p.pad_w, 1))
+   local last = p.channels_last ~= 0
+   local h, w = xshape[last and 2 or 3], xshape[last and 3 or 4]
+   local oh = tonumber(C.mrt_conv2d_out_size(h, p.kernel_h, p.stride_h, p.pad_h, 1))
+   local ow = tonumber(C.mrt_conv2d_out_size(w, p.kernel_w, p.stride_w, p.pad_w, 1))
    if oh < 1 or ow < 1 then
       error(string.format('pool2d_out_shape: input %s is too small for kernel %dx%d with '
          .. 'stride %dx%d and padding %dx%d', tensor.shape_string(xshape), p.kernel_h,
          p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w), 2)
+   end
+   if last then
+      return { xshape[1], oh, ow, xshape[4] }
    end
    return { xshape[1], xshape[2], oh, ow }
 end
@@ -207,7 +252,7 @@ function F.avgpool2d_backward(p, dy, dx)
    return dx
 end
 
--- y[N,C] := mean of x[N,C,H,W] over H and W.
+-- y[N,C] := mean of x[N,C,H,W] over H and W, or of a channels-last x[N,S,C] over S.
 function F.global_avgpool_forward(x, y)
    lib.check(C.mrt_global_avgpool_forward(x:context(), x.c, y.c), 2)
    return y
@@ -216,6 +261,26 @@ end
 function F.global_avgpool_backward(dy, dx)
    lib.check(C.mrt_global_avgpool_backward(dy:context(), dy.c, dx.c), 2)
    return dx
+end
+
+------------------------------------------------------------- channels last
+
+-- True when the engine on `device` (default: the default device) takes
+-- channels-last activations in conv2d, pooling and global pooling.
+function F.channels_last_supported(device)
+   return C.mrt_channels_last_supported(tensor.context(device)) ~= 0
+end
+
+-- y[N,H,W,C] := x[N,C,H,W].
+function F.to_channels_last(x, y)
+   lib.check(C.mrt_to_channels_last(x:context(), x.c, y.c), 2)
+   return y
+end
+
+-- y[N,C,H,W] := x[N,H,W,C].
+function F.to_channels_first(x, y)
+   lib.check(C.mrt_to_channels_first(x:context(), x.c, y.c), 2)
+   return y
 end
 
 ---------------------------------------------------------------------- loss

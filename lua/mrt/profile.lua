@@ -21,7 +21,27 @@ local function sync(device)
    end
 end
 
--- Wraps every module without children; returns a Profile.
+-- Wraps `method` of one module so that its time adds to row[column].
+local function wrap(self, mod, method, row, column)
+   local original = mod[method]
+   local device = self.device
+   mod[method] = function(...)
+      if self.paused then
+         return original(...)
+      end
+      sync(device)
+      local t0 = util.now()
+      local a, b = original(...)
+      sync(device)
+      row[column] = row[column] + util.now() - t0
+      return a, b
+   end
+end
+
+-- Wraps every module without children; returns a Profile. The fused
+-- batch-norm passes (forward_act, backward_act) count as the BatchNorm's
+-- forward and backward, so a ReLU or residual sum fused into them shows no
+-- time of its own.
 function M.attach(model)
    local self = setmetatable({ rows = {}, steps = 0, data_s = 0, optim_s = 0, step_s = 0,
       device = model.device }, Profile)
@@ -30,29 +50,11 @@ function M.attach(model)
       if #mod:named_children() == 0 then
          local row = { name = m.name, kind = mod.kind or '?', forward = 0, backward = 0 }
          self.rows[#self.rows + 1] = row
-         local fwd, bwd = mod.forward, mod.backward
-         local device = self.device
-         mod.forward = function(module_self, x)
-            if self.paused then
-               return fwd(module_self, x)
-            end
-            sync(device)
-            local t0 = util.now()
-            local y = fwd(module_self, x)
-            sync(device)
-            row.forward = row.forward + util.now() - t0
-            return y
-         end
-         mod.backward = function(module_self, x, dy, need_dx)
-            if self.paused then
-               return bwd(module_self, x, dy, need_dx)
-            end
-            sync(device)
-            local t0 = util.now()
-            local dx = bwd(module_self, x, dy, need_dx)
-            sync(device)
-            row.backward = row.backward + util.now() - t0
-            return dx
+         wrap(self, mod, 'forward', row, 'forward')
+         wrap(self, mod, 'backward', row, 'backward')
+         if mod.forward_act ~= nil then
+            wrap(self, mod, 'forward_act', row, 'forward')
+            wrap(self, mod, 'backward_act', row, 'backward')
          end
       end
    end

@@ -11,7 +11,19 @@
 -- parameters whose needs_grad is set (overwriting them) and returns dx only
 -- when need_dx is true. Containers use any_grad() to stop backward below the
 -- deepest parameter that needs a gradient.
+--
+-- Channels-last activations. On a backend that supports them (the CPU),
+-- a Conv2d turns an NCHW input into a channels-last one ([N,H,W,C], marked
+-- by the field `channels_last = true` on the tensor) and every layer after
+-- it keeps that layout, because the convolution kernels are fastest on it.
+-- The layout stays inside a model: a module outside any container (field
+-- `container`, set when a container takes it; usually the model the caller
+-- runs) returns a 4-D output in NCHW and takes its gradient in NCHW, and a
+-- Conv2d that converted its input returns dx in NCHW.
+-- module.channels_last = false (see set_channels_last) keeps a Conv2d on
+-- NCHW.
 
+local F = require 'mrt.F'
 local T = require 'mrt.tensor'
 
 local M = {}
@@ -44,6 +56,7 @@ function Module:init(device)
    self.training = true
    self.device = device or T.default_device()
    self.cache = {}         -- output and scratch tensors, reused across steps
+   self.views = {}         -- reshaped views of tensors, reused while the tensor is the same
    self.grad_below = false
    return self
 end
@@ -83,6 +96,7 @@ function Module:add(name, child)
    end
    self.children[#self.children + 1] = { name = name, module = child }
    self[name] = self[name] == nil and child or self[name]
+   child.container = self
    return self
 end
 
@@ -161,9 +175,12 @@ function Module:any_grad()
    return self.grad_below
 end
 
--- Sets needs_grad of every parameter from predicate(name, entry), then refreshes the flags.
+-- Sets needs_grad of every parameter from predicate(name, entry), then
+-- refreshes the flags. A flattened model reuses its parameter list, since
+-- optimizers call this on every step.
 function Module:set_needs_grad(predicate)
-   for _, p in ipairs(self:parameters()) do
+   local list = self.flat ~= nil and self.flat.list or self:parameters()
+   for _, p in ipairs(list) do
       p.entry.needs_grad = predicate(p.name, p.entry) and true or false
    end
    self:refresh_grad_flags()
@@ -183,13 +200,77 @@ function Module:tensor(key, shape)
    return t
 end
 
+-- A tensor cached like tensor(key, shape), marked channels-last when
+-- `channels_last` is true. The two layouts never share a tensor.
+function Module:output_like(key, shape, channels_last)
+   if channels_last then
+      local t = self:tensor(key .. ':last', shape)
+      t.channels_last = true
+      return t
+   end
+   return self:tensor(key, shape)
+end
+
+-- A view of t with the given shape, made once and reused while the same
+-- tensor with the same shape comes back under key.
+function Module:view_of(key, t, shape)
+   local entry = self.views[key]
+   if entry ~= nil and entry.base == t and entry.base_shape == t.shape then
+      return entry.view
+   end
+   local v = t:view(shape)
+   self.views[key] = { base = t, base_shape = t.shape, view = v }
+   return v
+end
+
+-- The channels-last copy of an NCHW tensor t[N,C,H,W], cached under key.
+function Module:channels_last_copy(key, t)
+   local s = t.shape
+   return F.to_channels_last(t, self:output_like(key, { s[1], s[3], s[4], s[2] }, true))
+end
+
+-- The NCHW copy of a channels-last tensor t[N,H,W,C], cached under key.
+function Module:channels_first_copy(key, t)
+   local s = t.shape
+   return F.to_channels_first(t, self:tensor(key, { s[1], s[4], s[2], s[3] }))
+end
+
+-- t in the layout of `like`: t itself, or a copy cached under key.
+function Module:as_layout_of(key, t, like)
+   if (t.channels_last or false) == (like.channels_last or false) then
+      return t
+   end
+   if like.channels_last then
+      return self:channels_last_copy(key, t)
+   end
+   return self:channels_first_copy(key, t)
+end
+
+-- Sets whether the Conv2d layers of this module may switch to channels-last
+-- activations (true, the default) or stay on NCHW (false).
+function Module:set_channels_last(on)
+   for _, m in ipairs(self:named_modules()) do
+      m.module.channels_last = on and true or false
+      m.module.cache = {}
+      m.module.views = {}
+   end
+   return self
+end
+
 function Module:forward(x)
    local y = self:update_output(x)
    self.output = y
+   if y.channels_last and self.container == nil then
+      return self:channels_first_copy('output:nchw', y)
+   end
    return y
 end
 
 function Module:backward(x, dy, need_dx)
+   local out = self.output
+   if self.container == nil and out ~= nil and out.channels_last and not dy.channels_last then
+      dy = self:channels_last_copy('dy', dy)
+   end
    return self:update_grad(x, dy, need_dx)
 end
 
@@ -218,6 +299,7 @@ function Module:to(device)
       end
       mod.device = device
       mod.cache = {}
+      mod.views = {}
    end
    return self
 end
@@ -281,6 +363,7 @@ function Module:replace_head(n, opts)
             head:to(self.device)
          end
          head.training = self.training
+         head.container = self
          c.module = head
          self[name] = head
          if self.flat ~= nil then

@@ -28,6 +28,9 @@ function M.preact_residual(pre, branch, shortcut, opts)
    self.branch = branch
    self.shortcut = shortcut
    self.shortcut_name = opts.shortcut_name or 'convShortcut'
+   for _, part in ipairs({ pre, branch, shortcut }) do
+      part.container = self
+   end
    for _, c in ipairs(self:named_children()) do
       if self[c.name] == nil then
          self[c.name] = c.module
@@ -59,12 +62,26 @@ function PreActResidual:refresh_grad_flags()
    return any
 end
 
+-- Passes this block's keep and input_grad (see mrt.nn.containers) on to its
+-- parts: the gradient at a is needed for dx and for pre's own parameters.
+function PreActResidual:pass_keep()
+   local keep = self.keep
+   local need_da = keep ~= false and (self.input_grad or self.pre:any_grad())
+   self.pre.keep, self.pre.input_grad = keep, keep ~= false and self.input_grad
+   self.branch.keep, self.branch.input_grad = keep, need_da
+   if self.shortcut ~= nil then
+      self.shortcut.keep, self.shortcut.input_grad = keep, need_da
+   end
+end
+
 function PreActResidual:update_output(x)
+   self:pass_keep()
    local a = self.pre:forward(x)
    local b = self.branch:forward(a)
    local s = self.shortcut ~= nil and self.shortcut:forward(a) or x
-   local y = self:tensor('y', b.shape)
-   y:add(b, s)
+   -- The branch starts with a convolution, which may make its output channels-last.
+   local y = self:output_like('y', b.shape, b.channels_last)
+   y:add(b, self:as_layout_of('s', s, b))
    return y
 end
 
@@ -79,8 +96,8 @@ function PreActResidual:update_grad(x, dy, need_dx)
    if self.shortcut ~= nil then
       local ds = self.shortcut:backward(a, dy, need_da)
       if need_da then
-         local sum = self:tensor('da', a.shape)
-         sum:add(da, ds)
+         local sum = self:output_like('da', a.shape, a.channels_last)
+         sum:add(self:as_layout_of('da_branch', da, a), self:as_layout_of('da_short', ds, a))
          da = sum
       end
    end
@@ -92,8 +109,8 @@ function PreActResidual:update_grad(x, dy, need_dx)
       return nil
    end
    if self.shortcut == nil then
-      local sum = self:tensor('dx', x.shape)
-      sum:add(dx, dy)
+      local sum = self:output_like('dx', x.shape, x.channels_last)
+      sum:add(self:as_layout_of('dx_pre', dx, x), self:as_layout_of('dy', dy, x))
       dx = sum
    end
    return dx

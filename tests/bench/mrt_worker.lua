@@ -1,0 +1,192 @@
+-- tests/bench/mrt_worker.lua: times steady-state training steps of one mrt
+-- model in one mode and prints the result as one JSON line on stdout.
+-- tests/bench/bench.py starts it as a subprocess, so its peak RSS is mrt's.
+--
+--    luajit tests/bench/mrt_worker.lua MODEL MODE [options]
+--
+-- MODEL: mlp (784-1000-10), resnet_small (1x28x28), resnet18 (3x32x32,
+-- ImageNet stem). MODE: full (every parameter trained), fc (only the
+-- classifier head), multirate (fast part = head, k steps per block, linear
+-- drift of the slow part). Every step is SGD with momentum 0.9 on one fixed
+-- random minibatch.
+--
+-- Options: --batch N (128), --warmup N (steps not timed, 5), --steps N
+-- (timed steps, 20), --k N (multirate block length, 5), --threads N (0 = all
+-- cores), --profile (print the per-layer table of mrt.profile on stderr).
+--
+-- Output fields: step_ms (each timed step, ms), forward_ms, backward_ms and
+-- update_ms (per step medians of the forward pass with the loss, the
+-- backward pass, and the rest of the step: the optimizer), cpu_ms (CPU time
+-- of the process per timed step, all threads, which other processes on the
+-- machine inflate far less than wall time), rss_mb (peak resident memory,
+-- VmHWM), threads.
+
+local mrt = require 'mrt'
+local lib = require 'mrt.ffi'
+local T = require 'mrt.tensor'
+local nn = require 'mrt.nn'
+local optim = require 'mrt.optim'
+local util = require 'mrt.util'
+
+local MODELS = {
+   mlp = { input = { 1, 28, 28 }, head = 'fc2',
+      build = function() return mrt.models.mlp() end },
+   resnet_small = { input = { 1, 28, 28 }, head = 'fc',
+      build = function() return mrt.models.resnet_small() end },
+   resnet18 = { input = { 3, 32, 32 }, head = 'fc',
+      build = function() return mrt.models.resnet18({ classes = 10 }) end },
+}
+local MODES = { full = true, fc = true, multirate = true }
+
+local function usage(message)
+   io.stderr:write('mrt_worker: ', message, '\nusage: luajit tests/bench/mrt_worker.lua ',
+      'mlp|resnet_small|resnet18 full|fc|multirate [--batch N] [--warmup N] [--steps N] ',
+      '[--k N] [--threads N] [--profile]\n')
+   os.exit(2)
+end
+
+local function parse(argv)
+   local o = { model = argv[1], mode = argv[2], batch = 128, warmup = 5, steps = 20, k = 5,
+      threads = 0 }
+   if MODELS[o.model or ''] == nil then
+      usage(string.format("unknown model '%s'", tostring(o.model)))
+   end
+   if not MODES[o.mode or ''] then
+      usage(string.format("unknown mode '%s'", tostring(o.mode)))
+   end
+   local i = 3
+   while i <= #argv do
+      local key = argv[i]:match('^%-%-(.*)$')
+      if key == 'profile' then
+         o.profile = true
+         i = i + 1
+      elseif key ~= nil and o[key] ~= nil and tonumber(argv[i + 1]) ~= nil then
+         o[key] = tonumber(argv[i + 1])
+         i = i + 2
+      else
+         usage(string.format("invalid argument '%s'", argv[i]))
+      end
+   end
+   return o
+end
+
+local ffi = require 'ffi'
+
+-- CPU time of the process (all threads) in seconds; mrt.util declares clock_gettime.
+local CLOCK_PROCESS_CPUTIME_ID = 2
+local cpu_ts = ffi.new('mrt_timespec')
+local function cpu_now()
+   ffi.C.clock_gettime(CLOCK_PROCESS_CPUTIME_ID, cpu_ts)
+   return tonumber(cpu_ts.tv_sec) + tonumber(cpu_ts.tv_nsec) * 1e-9
+end
+
+local function median(list)
+   local sorted = {}
+   for i, v in ipairs(list) do
+      sorted[i] = v
+   end
+   table.sort(sorted)
+   local n = #sorted
+   if n == 0 then
+      return 0
+   end
+   if n % 2 == 1 then
+      return sorted[(n + 1) / 2]
+   end
+   return (sorted[n / 2] + sorted[n / 2 + 1]) / 2
+end
+
+-- Peak resident set size of this process in MiB, from /proc/self/status.
+local function peak_rss_mb()
+   local f = io.open('/proc/self/status', 'r')
+   if f == nil then
+      return -1
+   end
+   local text = f:read('*a')
+   f:close()
+   local kb = text:match('VmHWM:%s*(%d+)%s*kB')
+   return kb and tonumber(kb) / 1024 or -1
+end
+
+local function make_optimizer(model, spec, o)
+   local head = '^' .. spec.head .. '%.'
+   if o.mode == 'full' then
+      return optim.sgd(model, { lr = 0.01, momentum = 0.9 })
+   elseif o.mode == 'fc' then
+      return optim.sgd(model, { lr = 0.01, momentum = 0.9, params = head })
+   end
+   return optim.multirate(model, { lr = 0.01 * o.k, k = o.k, momentum = 0.9, fast = head,
+      drift = true })
+end
+
+local function main(argv)
+   local o = parse(argv)
+   lib.check(lib.C.mrt_threads_set(o.threads))
+   local spec = MODELS[o.model]
+   mrt.manual_seed(1)
+   local model = spec.build()
+   model:flatten()
+   model:train()
+   local opt = make_optimizer(model, spec, o)
+   local shape = { o.batch, spec.input[1], spec.input[2], spec.input[3] }
+   local x = T.zeros(shape, 'cpu')
+   mrt.random.new(2):fill_normal(x, 0, 1)
+   local labels = T.labels(o.batch, 'cpu')
+   for i = 0, o.batch - 1 do
+      labels.ptr[i] = i % 10
+   end
+   local criterion = nn.cross_entropy()
+   local profiler = o.profile and require('mrt.profile').attach(model) or nil
+   local fwd_s, bwd_s = 0, 0
+   local function feval()
+      local t0 = util.now()
+      local logits = model:forward(x)
+      local loss = criterion:forward(logits, labels)
+      local t1 = util.now()
+      model:backward(x, criterion:backward(1), false)
+      local t2 = util.now()
+      fwd_s, bwd_s = fwd_s + (t1 - t0), bwd_s + (t2 - t1)
+      return loss
+   end
+   local step_ms, fwd_ms, bwd_ms, upd_ms = {}, {}, {}, {}
+   local cpu_start
+   for step = 1, o.warmup + o.steps do
+      if step == o.warmup + 1 then
+         cpu_start = cpu_now()
+      end
+      if profiler then
+         profiler:pause(step <= o.warmup)
+      end
+      fwd_s, bwd_s = 0, 0
+      local t0 = util.now()
+      local loss = opt:step(feval)
+      local dt = util.now() - t0
+      if loss ~= loss then
+         error('mrt_worker: the loss is NaN at step ' .. step)
+      end
+      if step > o.warmup then
+         step_ms[#step_ms + 1] = 1000 * dt
+         fwd_ms[#fwd_ms + 1] = 1000 * fwd_s
+         bwd_ms[#bwd_ms + 1] = 1000 * bwd_s
+         upd_ms[#upd_ms + 1] = 1000 * (dt - fwd_s - bwd_s)
+         if profiler then
+            profiler:add_step(0, dt, fwd_s + bwd_s)
+         end
+      end
+   end
+   local cpu_ms = 1000 * (cpu_now() - cpu_start) / o.steps
+   if profiler then
+      io.stderr:write(profiler:report(o.model .. ' ' .. o.mode), '\n')
+   end
+   local parts = {}
+   for i, v in ipairs(step_ms) do
+      parts[i] = string.format('%.4f', v)
+   end
+   io.write(string.format('{"framework": "mrt", "model": "%s", "mode": "%s", "batch": %d, '
+      .. '"threads": %d, "step_ms": [%s], "forward_ms": %.4f, "backward_ms": %.4f, '
+      .. '"update_ms": %.4f, "cpu_ms": %.4f, "rss_mb": %.1f}\n', o.model, o.mode, o.batch,
+      lib.C.mrt_threads_get(), table.concat(parts, ', '), median(fwd_ms), median(bwd_ms),
+      median(upd_ms), cpu_ms, peak_rss_mb()))
+end
+
+main(arg)
