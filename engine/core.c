@@ -203,7 +203,10 @@ void *mrt_alloc(int device, int64_t nbytes)
         mrt_fail(MRT_EINVAL, "mrt_alloc: negative size %lld", (long long)nbytes);
         return NULL;
     }
+    /* Cleared so that a message left by an earlier failure is never reported for this one. */
+    mrt_error_clear();
     ptr = backend->alloc(nbytes > 0 ? nbytes : 1);
+    /* The CUDA backend sets its own message, naming the device and the CUDA error. */
     if (ptr == NULL && error_message[0] == '\0')
         mrt_fail(MRT_ENOMEM, "mrt_alloc: out of memory allocating %lld bytes on %s",
                  (long long)nbytes, backend->name);

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -287,10 +288,15 @@ int mrt_idx_read(const char *path, mrt_idx_array *out)
 {
     gzFile f;
     int status;
+    struct stat info;
 
     if (out == NULL || path == NULL)
         return mrt_fail(MRT_EINVAL, "mrt_idx_read: missing path or output array");
     memset(out, 0, sizeof *out);
+    /* gzopen opens a directory, and reading it then fails as corrupt gzip data. */
+    if (stat(path, &info) == 0 && S_ISDIR(info.st_mode))
+        return mrt_fail(MRT_EIO, "mrt_idx_read: '%s' is a directory (expected an IDX file)",
+                        path);
     errno = 0;
     f = gzopen(path, "rb");
     if (f == NULL)

@@ -304,7 +304,7 @@ static int read_value(parser *p, mrt_json *v, int depth);
 static mrt_json *add_item(mrt_json *container, int64_t *capacity)
 {
     if (container->count == *capacity) {
-        int64_t grown = *capacity ? 2 * *capacity : 8;
+        int64_t grown = *capacity ? 2 * *capacity : 4;
         mrt_json *items = realloc(container->items, (size_t)grown * sizeof *items);
         if (items == NULL)
             return NULL;
@@ -328,6 +328,8 @@ static int read_array(parser *p, mrt_json *v, int depth)
         return 0;
     }
     for (;;) {
+        if (v->count == MRT_JSON_MAX_ITEMS)
+            return fail_at(p, p->pos, "more than %d items in an array", MRT_JSON_MAX_ITEMS);
         mrt_json *item = add_item(v, &capacity);
         if (item == NULL)
             return fail_at(p, p->pos, "out of memory");
@@ -356,22 +358,59 @@ static int read_member(parser *p, mrt_json *v, int64_t *capacity, int depth)
     char *key = read_string(p);
     if (key == NULL)
         return -1;
-    if (mrt_json_get(v, key) != NULL) {
-        fail_at(p, key_pos, "duplicate key \"%s\"", key);
-        free(key);
-        return -1;
-    }
     mrt_json *item = add_item(v, capacity);
     if (item == NULL) {
         free(key);
         return fail_at(p, p->pos, "out of memory");
     }
     item->key = key;
+    item->key_offset = (int64_t)key_pos;
     skip_space(p);
     if (peek(p) != ':')
         return fail_at(p, p->pos, "expected ':' after an object key");
     p->pos++;
     return read_value(p, item, depth + 1);
+}
+
+/* Orders members by key, then by position in the text. */
+static int compare_members(const void *a, const void *b)
+{
+    const mrt_json *x = *(const mrt_json *const *)a, *y = *(const mrt_json *const *)b;
+    int order = strcmp(x->key, y->key);
+
+    if (order != 0)
+        return order;
+    return x->key_offset < y->key_offset ? -1 : x->key_offset > y->key_offset;
+}
+
+/*
+ * Fails on the first member, in document order, whose key an earlier member
+ * of the object already has. Sorting the members by key makes this
+ * O(n log n), where comparing each key with all earlier ones is O(n^2).
+ */
+static int check_duplicates(parser *p, const mrt_json *v)
+{
+    const mrt_json *first_repeat = NULL;
+
+    if (v->count < 2)
+        return 0;
+    const mrt_json **sorted = malloc((size_t)v->count * sizeof *sorted);
+    if (sorted == NULL)
+        return fail_at(p, (size_t)v->offset, "out of memory");
+    for (int64_t i = 0; i < v->count; i++)
+        sorted[i] = &v->items[i];
+    qsort(sorted, (size_t)v->count, sizeof *sorted, compare_members);
+    for (int64_t i = 1; i < v->count; i++) {
+        const mrt_json *repeat = sorted[i];
+        if (strcmp(repeat->key, sorted[i - 1]->key) == 0 &&
+            (first_repeat == NULL || repeat->key_offset < first_repeat->key_offset))
+            first_repeat = repeat;
+    }
+    free(sorted);
+    if (first_repeat != NULL)
+        return fail_at(p, (size_t)first_repeat->key_offset, "duplicate key \"%s\"",
+                       first_repeat->key);
+    return 0;
 }
 
 static int read_object(parser *p, mrt_json *v, int depth)
@@ -386,12 +425,14 @@ static int read_object(parser *p, mrt_json *v, int depth)
         return 0;
     }
     for (;;) {
+        if (v->count == MRT_JSON_MAX_ITEMS)
+            return fail_at(p, p->pos, "more than %d members in an object", MRT_JSON_MAX_ITEMS);
         if (read_member(p, v, &capacity, depth) != 0)
             return -1;
         skip_space(p);
         if (peek(p) == '}') {
             p->pos++;
-            return 0;
+            return check_duplicates(p, v);
         }
         if (peek(p) != ',')
             return fail_at(p, p->pos, "expected ',' or '}' in an object");

@@ -4,9 +4,10 @@
  *
  * Opening parses and validates the whole header; tensors are read one at a
  * time with buffered stdio (no mmap), converted to float32. Headers longer
- * than 100 MB are rejected as corrupt. The writer stores float32 only and
- * pads the header with spaces to a multiple of 8 bytes, so the data buffer
- * starts 8-byte aligned.
+ * than 100 MB or with more than MRT_JSON_MAX_ITEMS (1000000) entries are
+ * rejected as corrupt. The writer stores float32 only and pads the header
+ * with spaces to a multiple of 8 bytes, so the data buffer starts 8-byte
+ * aligned.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -304,7 +306,8 @@ static int read_header(mrt_safetensors *st, int64_t file_size)
     mrt_json *root = mrt_json_parse(text, (size_t)length, error, sizeof error);
     free(text);
     if (root == NULL)
-        return mrt_fail(MRT_EIO, "%s: '%s': header is not valid JSON (%s)", fn, st->path, error);
+        return mrt_fail(MRT_EIO, "%s: '%s': cannot parse the JSON header (%s)", fn, st->path,
+                        error);
     st->data_start = 8 + (int64_t)length;
     st->data_size = file_size - st->data_start;
     int status = parse_header(st, root);
@@ -329,6 +332,14 @@ int mrt_safetensors_open(const char *path, mrt_safetensors **out)
     if (st->file == NULL) {
         status = mrt_fail(MRT_EIO, "mrt_safetensors_open: cannot open '%s': %s", path,
                           strerror(errno));
+        mrt_safetensors_close(st);
+        return status;
+    }
+    /* fopen opens a directory for reading on Linux, and its size reads as INT64_MAX. */
+    struct stat info;
+    if (fstat(fileno(st->file), &info) == 0 && S_ISDIR(info.st_mode)) {
+        status = mrt_fail(MRT_EIO, "mrt_safetensors_open: '%s' is a directory (expected a "
+                          "safetensors file)", path);
         mrt_safetensors_close(st);
         return status;
     }
@@ -562,6 +573,59 @@ static int check_name(const char *what, int64_t i, const char *s)
     return MRT_OK;
 }
 
+typedef struct named_index {
+    const char *name;
+    int64_t index;
+} named_index;
+
+static int compare_named(const void *a, const void *b)
+{
+    const named_index *x = a, *y = b;
+    int order = strcmp(x->name, y->name);
+
+    if (order != 0)
+        return order;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/*
+ * Finds the first name, in list order, that an earlier name repeats, in
+ * O(n log n) by sorting. Returns its index, -1 when all names differ, or -2
+ * when out of memory. The names must not be NULL.
+ */
+static int64_t first_repeat(const char *const *names, int64_t count)
+{
+    int64_t repeat = -1;
+
+    if (count < 2)
+        return -1;
+    named_index *sorted = malloc((size_t)count * sizeof *sorted);
+    if (sorted == NULL)
+        return -2;
+    for (int64_t i = 0; i < count; i++)
+        sorted[i] = (named_index){names[i], i};
+    qsort(sorted, (size_t)count, sizeof *sorted, compare_named);
+    for (int64_t i = 1; i < count; i++)
+        if (strcmp(sorted[i].name, sorted[i - 1].name) == 0 &&
+            (repeat < 0 || sorted[i].index < repeat))
+            repeat = sorted[i].index;
+    free(sorted);
+    return repeat;
+}
+
+/* Fails when a name repeats; what names the list in the message. */
+static int check_unique(const char *what, const char *const *names, int64_t count)
+{
+    int64_t repeat = first_repeat(names, count);
+
+    if (repeat == -2)
+        return mrt_fail(MRT_ENOMEM, "mrt_safetensors_write: out of memory");
+    if (repeat >= 0)
+        return mrt_fail(MRT_EINVAL, "mrt_safetensors_write: duplicate %s '%s'", what,
+                        names[repeat]);
+    return MRT_OK;
+}
+
 /* Checks names, shapes, data and metadata keys before anything is written. */
 static int check_inputs(int64_t count, const char *const *names, const int32_t *ndims,
                         const int64_t *shapes, const float *const *data, int64_t meta_count,
@@ -573,9 +637,6 @@ static int check_inputs(int64_t count, const char *const *names, const int32_t *
         MRT_TRY(check_name("tensor name", i, names[i]));
         if (strcmp(names[i], "__metadata__") == 0)
             return mrt_fail(MRT_EINVAL, "%s: tensor name '__metadata__' is reserved", fn);
-        for (int64_t j = 0; j < i; j++)
-            if (strcmp(names[i], names[j]) == 0)
-                return mrt_fail(MRT_EINVAL, "%s: duplicate tensor name '%s'", fn, names[i]);
         if (ndims[i] < 0 || ndims[i] > 8)
             return mrt_fail(MRT_EINVAL, "%s: tensor '%s' has %d dimensions (expected 0 to 8)",
                             fn, names[i], (int)ndims[i]);
@@ -594,11 +655,9 @@ static int check_inputs(int64_t count, const char *const *names, const int32_t *
         if (values[i] == NULL || !mrt_json_valid_utf8(values[i]))
             return mrt_fail(MRT_EINVAL, "%s: metadata '%s' has a missing or non-UTF-8 value", fn,
                             keys[i]);
-        for (int64_t j = 0; j < i; j++)
-            if (strcmp(keys[i], keys[j]) == 0)
-                return mrt_fail(MRT_EINVAL, "%s: duplicate metadata key '%s'", fn, keys[i]);
     }
-    return MRT_OK;
+    MRT_TRY(check_unique("tensor name", names, count));
+    return check_unique("metadata key", keys, meta_count);
 }
 
 /* Builds the JSON header, padded with spaces to a multiple of 8 bytes. */

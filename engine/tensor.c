@@ -7,18 +7,45 @@
 
 #include "mrt_internal.h"
 
+/* Fails naming the shape when its float32 elements take more than INT64_MAX bytes. */
+static int check_byte_size(int ndim, const int64_t *shape)
+{
+    const int64_t max_numel = INT64_MAX / (int64_t)sizeof(float);
+    int64_t numel = 1;
+    int zero = 0;
+    mrt_tensor view;
+    char buf[200];
+
+    for (int i = 0; i < ndim; i++)
+        zero |= shape[i] == 0;
+    for (int i = 0; i < ndim && !zero; i++) {
+        if (numel > max_numel / shape[i]) {
+            memset(&view, 0, sizeof view);
+            view.ndim = ndim;
+            memcpy(view.shape, shape, (size_t)ndim * sizeof *shape);
+            return mrt_fail(MRT_EINVAL, "mrt_tensor_set_shape: shape %s is too large (more "
+                            "than %lld elements, so the size in bytes overflows int64)",
+                            mrt_tensor_shape_str(&view, buf, sizeof buf), (long long)max_numel);
+        }
+        numel *= shape[i];
+    }
+    return MRT_OK;
+}
+
 int mrt_tensor_set_shape(mrt_tensor *t, int ndim, const int64_t *shape)
 {
     int64_t numel = 1;
 
     if (ndim < 0 || ndim > 8)
         return mrt_fail(MRT_EINVAL, "mrt_tensor_set_shape: %d dimensions (expected 0 to 8)", ndim);
-    for (int i = 0; i < ndim; i++) {
+    for (int i = 0; i < ndim; i++)
         if (shape[i] < 0)
-            return mrt_fail(MRT_EINVAL, "mrt_tensor_set_shape: size %lld of dimension %d is negative",
+            return mrt_fail(MRT_EINVAL,
+                            "mrt_tensor_set_shape: size %lld of dimension %d is negative",
                             (long long)shape[i], i + 1);
+    MRT_TRY(check_byte_size(ndim, shape));
+    for (int i = 0; i < ndim; i++)
         numel *= shape[i];
-    }
     for (int i = 0; i < 8; i++)
         t->shape[i] = i < ndim ? shape[i] : 0;
     t->ndim = ndim;

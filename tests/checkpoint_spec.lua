@@ -9,6 +9,7 @@
 -- so their conversion to float32 is checked for equality.
 
 local ffi = require 'ffi'
+local lib = require 'mrt.ffi'
 local T = require 'mrt.tensor'
 local nn = require 'mrt.nn'
 local models = require 'mrt.models'
@@ -268,7 +269,7 @@ end
 describe('checkpoint.load_state', function()
    it('copies tensors by name', function()
       local source, target = tiny_mlp(1), tiny_mlp(2)
-      local report = checkpoint.load_state(target, checkpoint.state_dict(source))
+      local report = checkpoint.load_state(target, (checkpoint.state_dict(source)))
       assert.are.equal(4, report.loaded)
       assert.are.same(source.fc1.params[1].value:totable(), target.fc1.params[1].value:totable())
       assert.are.same(source.fc2.params[2].value:totable(), target.fc2.params[2].value:totable())
@@ -310,6 +311,17 @@ describe('checkpoint.load_state', function()
       end
       checkpoint.load_state(target, prefixed, { prefix = 'module.' })
       assert.are.same(source.fc1.params[1].value:totable(), target.fc1.params[1].value:totable())
+   end)
+
+   it('rejects unknown options and a non-boolean strict', function()
+      local model = tiny_mlp(1)
+      local state = checkpoint.state_dict(tiny_mlp(2))
+      assert.has_error(function() checkpoint.load_state(model, state, { strct = false }) end,
+         "load_state: unknown option 'strct' (expected prefix, strict)")
+      assert.has_error(function() checkpoint.load_state(model, state, { strict = 'no' }) end,
+         'load_state: strict must be a boolean, got no')
+      assert.has_error(function() checkpoint.load_state(model, state, { prefix = 1 }) end,
+         'load_state: prefix must be a string, got 1')
    end)
 
    it('loads batch-norm counters and never requires them', function()
@@ -366,6 +378,18 @@ describe('checkpoint.load_safetensors', function()
       checkpoint.save_safetensors(source, path, { note = 'test' })
       checkpoint.load_safetensors(target, path)
       assert.are.same(source:flatten().params:totable(), target:flatten().params:totable())
+   end)
+
+   it('rejects unknown options and a non-boolean strict', function()
+      local path = tmp('opts.safetensors')
+      checkpoint.save_safetensors(tiny_mlp(1), path)
+      local model = tiny_mlp(2)
+      local before = checkpoint.state_dict(model)['fc1.weight']:totable()
+      assert.has_error(function() checkpoint.load_safetensors(model, path, { strct = false }) end,
+         "load_safetensors: unknown option 'strct' (expected prefix, strict)")
+      assert.has_error(function() checkpoint.load_safetensors(model, path, { strict = 'no' }) end,
+         'load_safetensors: strict must be a boolean, got no')
+      assert.are.same(before, checkpoint.state_dict(model)['fc1.weight']:totable())
    end)
 
    describe('on a corrupt file', function()
@@ -596,5 +620,155 @@ describe('checkpoint.load', function()
       assert.has_error(function() checkpoint.load(tmp('x.h5'), { models = {} }) end,
          "checkpoint.load: unknown option 'models' (expected model, optimizer, rng, data, "
             .. 'strict)')
+      assert.has_error(function() checkpoint.load(tmp('x.h5'), { strict = 'no' }) end,
+         'checkpoint.load: strict must be a boolean, got no')
+   end)
+end)
+
+describe('checkpoint.load on a failure', function()
+   local function flat_mlp(hidden, seed)
+      local model = models.mlp({ inputs = 2, hidden = hidden, classes = 2,
+         rng = random.new(seed), device = device })
+      model:flatten()
+      return model
+   end
+
+   -- Saves an MLP trained one SGD step with momentum, so that its
+   -- optimizer state is not all zeros.
+   local function sgd_checkpoint(path)
+      local model = flat_mlp(2, 1)
+      local opt = optim.sgd(model, { lr = 0.1, momentum = 0.9 })
+      local x = T.from_table({ 1, 2, 3, 4 }, { 2, 2 }):to(device)
+      local labels = T.labels(2, 'cpu')
+      labels.ptr[0], labels.ptr[1] = 0, 1
+      local dev_labels = T.copy_labels(T.labels(2, device), labels)
+      opt:step(function()
+         local criterion = nn.cross_entropy()
+         local loss = criterion:forward(model:forward(x), dev_labels)
+         model:backward(x, criterion:backward(1), false)
+         return loss
+      end)
+      checkpoint.save(path, { model = model, optimizer = opt, rng = random.new(5), step = 1 })
+   end
+
+   local function params_of(model)
+      return model.flat.params:totable()
+   end
+
+   it('keeps the model when optimizer kinds differ', function()
+      local path = tmp('sgd_for_adam.h5')
+      sgd_checkpoint(path)
+      local model = flat_mlp(2, 2)
+      local adam = optim.adam(model, { lr = 0.1 })
+      local params, adam_state = params_of(model), adam:state()
+      local g = random.new(9)
+      assert.has_error(function()
+         checkpoint.load(path, { model = model, optimizer = adam, rng = g })
+      end, "checkpoint.load: '" .. path .. "': optimizer state is for sgd, expected adam")
+      assert.are.same(params, params_of(model))
+      assert.are.equal(adam_state.kind, adam:state().kind)
+      assert.are.same({ seed = 9, counter = 0 }, g:get_state())
+   end)
+
+   it('keeps the model when optimizer shapes differ', function()
+      local path = tmp('sgd_wider.h5')
+      sgd_checkpoint(path)
+      local model = flat_mlp(3, 2)
+      local opt = optim.sgd(model, { lr = 0.1, momentum = 0.9 })
+      local params = params_of(model)
+      -- fc2.bias has the same shape in both models, so a non-strict load
+      -- would copy it before reaching the optimizer.
+      assert.has_error(function()
+         checkpoint.load(path, { model = model, optimizer = opt, strict = false })
+      end, "checkpoint.load: '" .. path .. "': optimizer state 'parts.params.buffer' is a "
+         .. 'tensor of 12 elements, expected a tensor of 17 elements')
+      assert.are.same(params, params_of(model))
+   end)
+
+   it('undoes the model after a later failure', function()
+      local path = tmp('undo.h5')
+      sgd_checkpoint(path)
+      local model = flat_mlp(2, 2)
+      local params = params_of(model)
+      local calls = 0
+      -- An optimizer whose state passes the checks but whose loading fails,
+      -- as a defect in an optimizer's load_state would.
+      local failing = {
+         state = function() return {} end,
+         load_state = function()
+            calls = calls + 1
+            if calls == 1 then
+               error('load_state failed', 0)
+            end
+         end,
+      }
+      assert.has_error(function()
+         checkpoint.load(path, { model = model, optimizer = failing })
+      end, 'load_state failed')
+      assert.are.equal(2, calls) -- the failed load, then the undo with the old state
+      assert.are.same(params, params_of(model))
+   end)
+
+   it('rejects an invalid generator state', function()
+      local path = tmp('bad_rng.h5')
+      local h = mio.h5_create(path)
+      h:attr('/', 'format', checkpoint.FORMAT)
+      h:attr('/', 'format_version', checkpoint.FORMAT_VERSION, 'i64')
+      h:write('/rng/seed', 1)
+      h:commit()
+      local g = random.new(3)
+      assert.has_error(function() checkpoint.load(path, { rng = g }) end,
+         "checkpoint.load: '" .. path .. "': generator: counter is nil (expected an integer in "
+            .. '[0, 2^64))')
+      assert.are.same({ seed = 3, counter = 0 }, g:get_state())
+   end)
+
+   it('rejects an invalid data position', function()
+      local path = tmp('bad_position.h5')
+      local h = mio.h5_create(path)
+      h:attr('/', 'format', checkpoint.FORMAT)
+      h:attr('/', 'format_version', checkpoint.FORMAT_VERSION, 'i64')
+      h:write('/data/epoch', 1)
+      h:write('/data/index', 99)
+      h:write('/model/fc1.weight', T.zeros({ 2, 2 }))
+      h:commit()
+      local model = tiny_mlp(1)
+      local before = model.fc1.params[1].value:totable()
+      local loader = data.loader(tiny_dataset(), { batch_size = 4, shuffle = false })
+      assert.has_error(function()
+         checkpoint.load(path, { data = loader, model = model, strict = false })
+      end, "checkpoint.load: '" .. path .. "': data position: index 99 is not in 1..11")
+      assert.are.same(before, model.fc1.params[1].value:totable())
+      assert.are.same({ epoch = 0, index = 1 }, loader:position())
+   end)
+
+   it('fails cleanly on a corrupt attribute', function()
+      -- The checkpoint's root attribute 'mrt_version' gets the corruption
+      -- that crashed HDF5 1.10 in a results file. An attribute message is a
+      -- version, a reserved byte, the 16-bit sizes of name, datatype and
+      -- dataspace, then the name, and the high byte of the datatype size is
+      -- set to 0xff. The load runs in a child process because the defect
+      -- crashed it, and MALLOC_PERTURB_ makes reads of uninitialised memory
+      -- crash every time.
+      local path = tmp('corrupt.h5')
+      checkpoint.save(path, { model = tiny_mlp(1), step = 1 })
+      local bytes = read_bytes(path)
+      local at = bytes:find('mrt_version\0', 1, true)
+      assert(at ~= nil, 'attribute name not found in the file')
+      assert.are.same({ 12, 0 }, { bytes:byte(at - 6, at - 5) })
+      write_bytes(path, bytes:sub(1, at - 4) .. '\255' .. bytes:sub(at - 2))
+      local script = tmp('child.lua')
+      write_bytes(script, string.format([[
+package.path = %q .. '/lua/?.lua;' .. %q .. '/lua/?/init.lua;' .. package.path
+local checkpoint = require 'mrt.checkpoint'
+print(pcall(checkpoint.load, %q, {}))
+]], lib.root, lib.root, path))
+      local out = tmp('child.out')
+      local status = os.execute(string.format("MALLOC_PERTURB_=165 luajit '%s' >'%s' 2>&1",
+         script, out))
+      local text = read_bytes(out)
+      assert.are.equal(0, status, text)
+      assert.truthy(text:match("^false\t.-mrt_h5_attr_count: cannot read the attributes of "
+         .. "'/' %(HDF5: .+%)\n$"), text)
    end)
 end)

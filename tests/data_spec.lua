@@ -96,18 +96,100 @@ after_each(function()
 end)
 
 describe('dataset', function()
+   -- Fields of a valid dataset of two 1x2x2 images, with changes applied.
+   local function spec(changes)
+      local fields = { n = 2, shape = { 1, 2, 2 }, classes = 3,
+                       images = ffi.new('uint8_t[8]'), labels = ffi.new('int32_t[2]', { 0, 2 }) }
+      for key, value in pairs(changes or {}) do
+         fields[key] = value
+      end
+      return fields
+   end
+
+   it('accepts the valid fields', function()
+      local ds = data.dataset(spec())
+      assert.are.equal(2, ds.n)
+      assert.are.equal(2, ds:label(2))
+   end)
+
    it('rejects malformed fields', function()
       local labels = ffi.new('int32_t[1]')
       assert.are.equal('dataset: shape must be the size list of one sample, e.g. {1, 28, 28}',
          error_of(data.dataset, { n = 1, images = ffi.new('uint8_t[1]'), labels = labels }))
-      assert.are.equal('dataset: images must be a uint8 C array or a float32 Tensor',
-         error_of(data.dataset, { n = 1, shape = { 1 }, images = {}, labels = labels }))
-      assert.are.equal('dataset: images tensor [3] on cpu does not hold 2 samples of [1] on '
-         .. 'the CPU', error_of(data.dataset, { n = 2, shape = { 1 }, images = T.zeros({ 3 }),
-         labels = labels }))
+      assert.are.equal('dataset: images must be a uint8 C array, a u8 IDX array or a float32 '
+         .. 'Tensor', error_of(data.dataset, spec({ images = {} })))
+      assert.are.equal('dataset: images tensor [3] on cpu does not hold 2 samples of [1,2,2] '
+         .. 'on the CPU', error_of(data.dataset, spec({ images = T.zeros({ 3 }, 'cpu') })))
       assert.are.equal('dataset: mean must be a number or a list of 3 numbers (one per channel)',
          error_of(data.dataset, { n = 1, shape = { 3, 1, 1 }, images = ffi.new('uint8_t[3]'),
-         labels = labels, mean = { 1, 2 } }))
+         labels = ffi.new('int32_t[1]'), classes = 1, mean = { 1, 2 } }))
+   end)
+
+   it('rejects images smaller than n samples', function()
+      -- Iterating over these 100000 claimed samples read far past the 10 bytes.
+      assert.are.equal('dataset: images hold 10 bytes, fewer than the 78400000 of 100000 '
+         .. 'samples of [1,28,28]', error_of(data.dataset, { n = 100000, shape = { 1, 28, 28 },
+         classes = 10, images = ffi.new('uint8_t[?]', 10), labels = ffi.new('int32_t[2]') }))
+      assert.are.equal('dataset: images hold 7 bytes, fewer than the 8 of 2 samples of [1,2,2]',
+         error_of(data.dataset, spec({ images = ffi.new('uint8_t[7]') })))
+   end)
+
+   it('rejects images of another element type', function()
+      assert.are.equal('dataset: images is a C char [8] (expected a uint8 C array, whose size '
+         .. 'can be checked)', error_of(data.dataset, spec({ images = ffi.new('int8_t[8]') })))
+      local pixels = ffi.new('uint8_t[8]')
+      assert.are.equal('dataset: images is a C unsigned char * (expected a uint8 C array, whose '
+         .. 'size can be checked)', error_of(data.dataset, spec({
+         images = ffi.cast('uint8_t *', pixels) })))
+   end)
+
+   it('takes a u8 IDX array as images', function()
+      local p = path('images.idx')
+      mio.idx_write(p, 'u8', { 2, 2, 2 }, { 1, 2, 3, 4, 5, 6, 7, 8 })
+      local ds = data.dataset(spec({ images = mio.idx_read(p) }))
+      assert.are.equal(5, ds.images[4])
+      assert.are.equal('dataset: images hold 8 bytes, fewer than the 12 of 3 samples of [1,2,2]',
+         error_of(data.dataset, spec({ n = 3, images = mio.idx_read(p),
+         labels = ffi.new('int32_t[3]') })))
+   end)
+
+   it('rejects labels of another type or length', function()
+      assert.are.equal('dataset: labels must be an int32 C array, got unsigned char [4]',
+         error_of(data.dataset, spec({ labels = ffi.new('uint8_t[4]') })))
+      assert.are.equal('dataset: labels must be an int32 C array, got table',
+         error_of(data.dataset, spec({ labels = { 0, 1 } })))
+      assert.are.equal('dataset: labels hold 1 entries, fewer than the 2 samples',
+         error_of(data.dataset, spec({ labels = ffi.new('int32_t[1]') })))
+   end)
+
+   it('rejects labels outside the classes', function()
+      assert.are.equal('dataset: label 3 of sample 2 is not in 0..2',
+         error_of(data.dataset, spec({ labels = ffi.new('int32_t[2]', { 0, 3 }) })))
+      assert.are.equal('dataset: label -1 of sample 1 is not in 0..2',
+         error_of(data.dataset, spec({ labels = ffi.new('int32_t[2]', { -1, 0 }) })))
+   end)
+
+   it('rejects a fractional n, a bad shape and missing classes', function()
+      assert.are.equal('dataset: n must be the number of samples, got 2.5',
+         error_of(data.dataset, spec({ n = 2.5 })))
+      assert.are.equal('dataset: size 2 of shape [1,-2,2] is -2 (expected a positive integer)',
+         error_of(data.dataset, spec({ shape = { 1, -2, 2 } })))
+      assert.are.equal('dataset: size 1 of shape [0,2,2] is 0 (expected a positive integer)',
+         error_of(data.dataset, spec({ shape = { 0, 2, 2 } })))
+      local fields = spec()
+      fields.classes = nil
+      assert.are.equal('dataset: classes must be the number of classes, got nil',
+         error_of(data.dataset, fields))
+   end)
+
+   it('rejects a zero or non-finite std', function()
+      assert.are.equal('dataset: std of channel 1 is 0 (expected a finite nonzero number)',
+         error_of(data.dataset, spec({ std = 0 })))
+      assert.are.equal('dataset: mean of channel 1 is inf (expected a finite number)',
+         error_of(data.dataset, spec({ mean = math.huge })))
+      local ds = data.dataset(spec())
+      assert.are.equal('dataset: std of channel 1 is x (expected a finite nonzero number)',
+         error_of(ds.normalize, ds, 0, { 'x' }))
    end)
 end)
 
@@ -521,6 +603,35 @@ describe('loader', function()
       assert.are.same(expected, flatten(epoch_indices(resumed)))
    end)
 
+   it('rejects unknown options', function()
+      assert.are.equal("loader: unknown option 'shufle' (expected batch_size, device, "
+         .. 'drop_last, rng, seed, shuffle, transform)',
+         error_of(data.loader, tiny_dataset(3), { batch_size = 1, shufle = false }))
+   end)
+
+   it('rejects bad option values', function()
+      local ds = tiny_dataset(3)
+      assert.are.equal("loader: unknown device 'gpu' (expected 'cpu' or 'cuda')",
+         error_of(data.loader, ds, { batch_size = 1, device = 'gpu' }))
+      assert.are.equal('loader: shuffle must be a boolean, got no',
+         error_of(data.loader, ds, { batch_size = 1, shuffle = 'no' }))
+      assert.are.equal('loader: rng must be an mrt.random Generator, got 5',
+         error_of(data.loader, ds, { batch_size = 1, rng = 5 }))
+      assert.are.equal('loader: transform must be a function, got true',
+         error_of(data.loader, ds, { batch_size = 1, transform = true }))
+   end)
+
+   it('checks the cuda device early', function()
+      if lib.C.mrt_cuda_available() ~= 0 then
+         pending('a CUDA device is present')
+         return
+      end
+      assert.are_not.equal(0, lib.C.mrt_cuda_init())
+      local reason = ffi.string(lib.C.mrt_error_message())
+      assert.are.equal(reason, error_of(data.loader, tiny_dataset(3), { batch_size = 1,
+         device = 'cuda' }))
+   end)
+
    it('rejects bad options and positions', function()
       assert.are.equal('loader: batch_size must be a positive integer, got 0',
          error_of(data.loader, tiny_dataset(3), { batch_size = 0 }))
@@ -530,6 +641,11 @@ describe('loader', function()
          counter = 0 } }))
       assert.are.equal('set_position: a shuffling loader needs the rng state of the position',
          error_of(loader.set_position, loader, { epoch = 1, index = 1 }))
+      assert.are.equal('set_position: rng: counter is -1 (expected an integer in [0, 2^64))',
+         error_of(loader.set_position, loader, { epoch = 1, index = 1, rng = { seed = 0,
+         counter = -1 } }))
+      assert.are.equal('set_position: expected {epoch=, index=, rng=} from loader:position()',
+         error_of(loader.set_position, loader, { epoch = 1.5, index = 1 }))
    end)
 
    it('delivers batches on the GPU', function()

@@ -29,6 +29,7 @@
 
 local T = require 'mrt.tensor'
 local lib = require 'mrt.ffi'
+local random = require 'mrt.random'
 
 local M = {}
 
@@ -152,10 +153,37 @@ local function match_names(state, order, bn_counters, incoming)
    return report
 end
 
--- load_state, raising its error at the given level as seen from its
--- caller, for the loaders that call it on their own caller's behalf.
-local function load_state_at(model, tensors, opts, level)
-   opts = opts or {}
+local STATE_OPTIONS = { prefix = true, strict = true }
+
+-- Checks the options of load_state and load_safetensors and returns them.
+local function check_state_opts(fn, opts, level)
+   if opts == nil then
+      return {}
+   end
+   if type(opts) ~= 'table' then
+      error(string.format('%s: options must be a table, got %s', fn, type(opts)), level + 1)
+   end
+   for key in pairs(opts) do
+      if not STATE_OPTIONS[key] then
+         error(string.format("%s: unknown option '%s' (expected prefix, strict)", fn,
+            tostring(key)), level + 1)
+      end
+   end
+   if opts.strict ~= nil and type(opts.strict) ~= 'boolean' then
+      error(string.format('%s: strict must be a boolean, got %s', fn, tostring(opts.strict)),
+         level + 1)
+   end
+   if opts.prefix ~= nil and type(opts.prefix) ~= 'string' then
+      error(string.format('%s: prefix must be a string, got %s', fn, tostring(opts.prefix)),
+         level + 1)
+   end
+   return opts
+end
+
+-- Matches incoming tensors with the model's names without changing the
+-- model, and raises the strict error. Returns the plan that apply_state
+-- carries out.
+local function plan_state(model, tensors, opts, level)
    local state, order = M.state_dict(model)
    local bn_counters = counters(model)
    local incoming = strip_prefix(tensors, opts.prefix)
@@ -164,14 +192,21 @@ local function load_state_at(model, tensors, opts, level)
    if opts.strict ~= false and bad > 0 then
       error(mismatch_message(report), level + 1)
    end
-   for _, name in ipairs(order) do
-      local src, dst = incoming[name], state[name]
+   return { state = state, order = order, counters = bn_counters, incoming = incoming,
+            report = report }
+end
+
+-- Copies the matching tensors and counters of a plan and returns its report.
+local function apply_state(plan)
+   local report, incoming = plan.report, plan.incoming
+   for _, name in ipairs(plan.order) do
+      local src, dst = incoming[name], plan.state[name]
       if src ~= nil and same_shape(src, dst) then
          dst:copy(src)
          report.loaded = report.loaded + 1
       end
    end
-   for name, mod in pairs(bn_counters) do
+   for name, mod in pairs(plan.counters) do
       local v = incoming[name] ~= nil and counter_value(incoming[name]) or nil
       if v ~= nil then
          mod.num_batches_tracked = v
@@ -189,18 +224,21 @@ end
 -- incoming names (e.g. 'module.'). Batch-norm counters
 -- (<bn>.num_batches_tracked, a number or a one-element Tensor) are loaded
 -- when present and never reported missing: PyTorch reads them only when a
--- batch norm's momentum is None, which mrt does not support.
+-- batch norm's momentum is None, which mrt does not support. Other option
+-- keys are errors, and an error leaves the model unchanged.
 function M.load_state(model, tensors, opts)
-   local report = load_state_at(model, tensors, opts, 2)
+   opts = check_state_opts('load_state', opts, 2)
+   local report = apply_state(plan_state(model, tensors, opts, 2))
    return report
 end
 
 -- Loads a safetensors file (F32, F16, BF16 or F64 tensors, converted to
 -- float32 by the reader) into the model by name; opts as load_state.
 function M.load_safetensors(model, path, opts)
+   opts = check_state_opts('load_safetensors', opts, 2)
    local mio = require 'mrt.io'
    local tensors = mio.safetensors_read(path)
-   local report = load_state_at(model, tensors, opts, 2)
+   local report = apply_state(plan_state(model, tensors, opts, 2))
    return report
 end
 
@@ -440,35 +478,70 @@ local function read_sections(h)
    return sections
 end
 
--- Loads the model section into a Module or a map name -> Module.
-local function load_models(model, tree, opts, path, level)
-   if is_module(model) then
-      local report = load_state_at(model, tree, { strict = opts.strict }, level)
-      return report
-   end
-   local reports = {}
-   for key, m in pairs(model) do
-      if type(tree[key]) ~= 'table' then
-         error(string.format("checkpoint.load: '%s' has no model '%s'", path, tostring(key)),
-            level + 1)
-      end
-      reports[key] = load_state_at(m, tree[key], { strict = opts.strict }, level)
-   end
-   return reports
-end
-
--- Calls restore(object, state) for an object or each object of a map.
-local function restore_each(objects, states, is_one, restore, what, path, level)
+-- Pairs each object in objects (one object, or a map name -> object) with
+-- its saved state in states, and raises an error naming a missing entry.
+local function pair_states(objects, states, is_one, what, path, level)
    if is_one(objects) then
-      restore(objects, states)
-      return
+      return { { object = objects, state = states, label = '' } }
    end
+   if type(objects) ~= 'table' then
+      error(string.format('checkpoint.load: option %s must be an object or a map of them, got %s',
+         what, tostring(objects)), level + 1)
+   end
+   local list = {}
    for key, obj in pairs(objects) do
-      if states[key] == nil then
+      local state = type(states) == 'table' and not is_tensor(states) and states[key] or nil
+      if state == nil then
          error(string.format("checkpoint.load: '%s' has no %s '%s'", path, what, tostring(key)),
             level + 1)
       end
-      restore(obj, states[key])
+      list[#list + 1] = { object = obj, state = state, key = key,
+         label = " '" .. tostring(key) .. "'" }
+   end
+   return list
+end
+
+-- A description of a saved value for messages: 'a tensor of 6 elements', 'a number'.
+local function value_kind(v)
+   if is_tensor(v) then
+      return string.format('a tensor of %d elements', v:numel())
+   end
+   return 'a ' .. type(v)
+end
+
+-- Compares a saved optimizer state with the optimizer's current one: kind
+-- strings must agree, tensors must have the current element count, and
+-- every tensor, number, boolean and string of the current state must be
+-- there. A table that the saved state lacks is accepted, because
+-- load_state treats some of them as optional (the evaluation model of
+-- brains).
+local function check_optimizer_state(current, saved, where, path, level)
+   local here = where == '' and '' or " '" .. where .. "'"
+   if is_tensor(current) or type(current) ~= 'table' then
+      local ok = is_tensor(current) and is_tensor(saved) and saved:numel() == current:numel()
+         or not is_tensor(current) and type(saved) == type(current)
+      if not ok then
+         error(string.format("checkpoint.load: '%s': optimizer state%s is %s, expected %s",
+            path, here, value_kind(saved), value_kind(current)), level + 1)
+      end
+      return
+   end
+   if type(saved) ~= 'table' or is_tensor(saved) then
+      error(string.format("checkpoint.load: '%s': optimizer state%s is %s, expected a table",
+         path, here, value_kind(saved)), level + 1)
+   end
+   if current.kind ~= nil and saved.kind ~= current.kind then
+      error(string.format("checkpoint.load: '%s': optimizer state%s is for %s, expected %s",
+         path, here, tostring(saved.kind), tostring(current.kind)), level + 1)
+   end
+   for key, value in pairs(current) do
+      local sub = where == '' and tostring(key) or where .. '.' .. tostring(key)
+      if saved[key] ~= nil then
+         check_optimizer_state(value, saved[key], sub, path, level + 1)
+      elseif is_tensor(value) or type(value) ~= 'table' then
+         error(string.format("checkpoint.load: '%s': optimizer state lacks '%s'", path, sub),
+            level + 1)
+      end
    end
 end
 
@@ -485,32 +558,108 @@ local function check_load_opts(path, opts, level)
             .. 'rng, data, strict)', tostring(key)), level + 1)
       end
    end
+   if opts.strict ~= nil and type(opts.strict) ~= 'boolean' then
+      error('checkpoint.load: strict must be a boolean, got ' .. tostring(opts.strict),
+         level + 1)
+   end
 end
 
--- Applies the sections to the objects in opts, in an order that lets a
--- generator shared by the loader end in its saved state: model, optimizer,
--- data position, then generators.
-local function apply_sections(sections, opts, path, level)
-   local result = { step = sections.step, extra = sections.extra, data = sections.data,
-      rng = sections.rng, optimizer = sections.optimizer }
+-- Checks every section that opts requests against its objects, changing
+-- nothing, and records what a failed load needs to undo. Returns the plan.
+local function plan_load(sections, opts, path, level)
    for _, key in ipairs({ 'model', 'optimizer', 'rng', 'data' }) do
       if opts[key] ~= nil and sections[key] == nil then
          error(string.format("checkpoint.load: '%s' has no %s section", path, key), level + 1)
       end
    end
+   local plan = { models = {}, optimizers = {}, generators = {} }
    if opts.model ~= nil then
-      result.report = load_models(opts.model, sections.model, opts, path, level + 1)
+      plan.models = pair_states(opts.model, sections.model, is_module, 'model', path, level + 1)
+      plan.reports = not is_module(opts.model) and {} or nil
+      for _, m in ipairs(plan.models) do
+         if type(m.state) ~= 'table' or is_tensor(m.state) then
+            error(string.format("checkpoint.load: '%s' has no model%s", path, m.label),
+               level + 1)
+         end
+         m.plan = plan_state(m.object, m.state, { strict = opts.strict }, level + 1)
+      end
    end
    if opts.optimizer ~= nil then
-      restore_each(opts.optimizer, sections.optimizer, is_optimizer,
-         function(o, s) o:load_state(s) end, 'optimizer', path, level + 1)
+      plan.optimizers = pair_states(opts.optimizer, sections.optimizer, is_optimizer,
+         'optimizer', path, level + 1)
+      for _, o in ipairs(plan.optimizers) do
+         o.before = o.object:state() -- copies, which the undo step loads back
+         check_optimizer_state(o.before, o.state, '', path, level + 1)
+      end
    end
-   if opts.data ~= nil and type(opts.data.set_position) == 'function' then
-      opts.data:set_position(sections.data)
+   local loader = opts.data
+   if loader ~= nil and type(loader.set_position) == 'function' then
+      local problem = type(loader.position_error) == 'function'
+         and loader:position_error(sections.data) or nil
+      if problem ~= nil then
+         error(string.format("checkpoint.load: '%s': data position: %s", path, problem),
+            level + 1)
+      end
+      plan.loader = loader
    end
    if opts.rng ~= nil then
-      restore_each(opts.rng, sections.rng, is_generator,
-         function(g, s) g:set_state(s) end, 'generator', path, level + 1)
+      plan.generators = pair_states(opts.rng, sections.rng, is_generator, 'generator', path,
+         level + 1)
+      for _, g in ipairs(plan.generators) do
+         local problem = getmetatable(g.object) == random.Generator
+            and random.state_error(g.state) or nil
+         if problem ~= nil then
+            error(string.format("checkpoint.load: '%s': generator%s: %s", path, g.label,
+               problem), level + 1)
+         end
+         g.before = g.object:get_state()
+      end
+   end
+   return plan
+end
+
+-- Copies of a model's tensors and counters, to restore after a failed load.
+local function model_backup(model)
+   local backup = {}
+   for name, value in pairs(model_tree(model)) do
+      backup[name] = is_tensor(value) and value:clone() or value
+   end
+   return backup
+end
+
+-- Applies a plan in an order that lets a generator shared by the loader
+-- end in its saved state: models, optimizers, data position, then
+-- generators. Each step first pushes its undo function onto undo.
+local function apply_plan(plan, sections, undo)
+   local result = { step = sections.step, extra = sections.extra, data = sections.data,
+      rng = sections.rng, optimizer = sections.optimizer, report = plan.reports }
+   for _, m in ipairs(plan.models) do
+      local backup = model_backup(m.object)
+      undo[#undo + 1] = function()
+         apply_state(plan_state(m.object, backup, {}, 1))
+      end
+      local report = apply_state(m.plan)
+      if m.key == nil then
+         result.report = report
+      else
+         result.report[m.key] = report
+      end
+   end
+   for _, o in ipairs(plan.optimizers) do
+      undo[#undo + 1] = function() o.object:load_state(o.before) end
+      o.object:load_state(o.state)
+   end
+   if plan.loader ~= nil then
+      local loader = plan.loader
+      if type(loader.snapshot) == 'function' then
+         local before = loader:snapshot()
+         undo[#undo + 1] = function() loader:restore(before) end
+      end
+      loader:set_position(sections.data)
+   end
+   for _, g in ipairs(plan.generators) do
+      undo[#undo + 1] = function() g.object:set_state(g.before) end
+      g.object:set_state(g.state)
    end
    return result
 end
@@ -519,7 +668,10 @@ end
 -- map, loaded by name; strict as in load_state, default true), optimizer
 -- (:load_state), data (a loader: :set_position) and rng (:set_state).
 -- Returns { step =, extra =, data =, rng =, optimizer = (the saved values),
--- report = (load_state's report, or a map of them) }.
+-- report = (load_state's report, or a map of them) }. Every section is
+-- checked before anything changes, and should a step fail anyway, the
+-- steps before it are undone: a failed load leaves the objects in opts as
+-- they were. Unknown option keys and a non-boolean strict are errors.
 function M.load(path, opts)
    opts = opts or {}
    check_load_opts(path, opts, 2)
@@ -529,7 +681,15 @@ function M.load(path, opts)
    if not ok then
       error(sections, 0)
    end
-   local result = apply_sections(sections, opts, path, 2)
+   local plan = plan_load(sections, opts, path, 2)
+   local undo = {}
+   local applied, result = pcall(apply_plan, plan, sections, undo)
+   if not applied then
+      for i = #undo, 1, -1 do
+         undo[i]()
+      end
+      error(result, 0)
+   end
    return result
 end
 

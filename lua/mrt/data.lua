@@ -2,9 +2,10 @@
 --
 -- A dataset is a table
 --    { n =, shape = {C, H, W}, classes =, images =, labels =, mean =, std = }
--- where images is either a uint8 C array of n*C*H*W pixels (0..255, sample
--- after sample, channel-major) or a float32 CPU Tensor of shape {n, C, H, W},
--- and labels an int32 C array of n class indices from 0. The loader scales
+-- where images is a uint8 C array of n*C*H*W pixels (0..255, sample after
+-- sample, channel-major), a u8 IDX array from mrt.io.idx_read with as
+-- many, or a float32 CPU Tensor of shape {n, C, H, W}, and labels an int32
+-- C array of n class indices in 0..classes-1. The loader scales
 -- uint8 pixels to [0,1], then, when mean and std (one value per channel)
 -- are set, normalises each channel c as (x - mean[c]) / std[c]; float
 -- images are only normalised.
@@ -61,6 +62,10 @@ end
 -- datasets
 ---------------------------------------------------------------------------
 
+local function is_integer(v)
+   return type(v) == 'number' and v == math.floor(v) and math.abs(v) < math.huge
+end
+
 local function check_stats(values, channels, what, level)
    if values == nil then
       return nil
@@ -74,35 +79,121 @@ local function check_stats(values, channels, what, level)
    end
    local out = {}
    for c = 1, channels do
-      out[c] = values[#values == 1 and 1 or c]
+      local v = values[#values == 1 and 1 or c]
+      -- NaN is the one value with v ~= v. A zero std would divide every pixel by zero.
+      if type(v) ~= 'number' or v ~= v or math.abs(v) == math.huge
+         or (what == 'std' and v == 0) then
+         error(string.format('dataset: %s of channel %d is %s (expected a finite%s number)',
+            what, c, tostring(v), what == 'std' and ' nonzero' or ''), level + 1)
+      end
+      out[c] = v
    end
    return out
 end
 
--- Creates a dataset from its fields (see the top of this file); name and
--- class_names are optional.
-function M.dataset(spec)
+-- Element type (without const) and size in bytes of a C array, or nil for
+-- other cdata such as pointers, whose size LuaJIT cannot tell.
+local function c_array(value)
+   local element = tostring(ffi.typeof(value)):match('^ctype<(.-) %[[%d?]*%]>$')
+   if element == nil then
+      return nil
+   end
+   return (element:gsub('^const ', '')), ffi.sizeof(value)
+end
+
+local function check_shape_fields(spec, level)
    local shape = spec.shape
-   if type(shape) ~= 'table' or #shape < 1 then
-      error('dataset: shape must be the size list of one sample, e.g. {1, 28, 28}', 2)
+   if type(shape) ~= 'table' or #shape < 1 or #shape > 7 then
+      error('dataset: shape must be the size list of one sample, e.g. {1, 28, 28}', level + 1)
    end
-   if type(spec.n) ~= 'number' or spec.n < 0 then
-      error('dataset: n must be the number of samples, got ' .. tostring(spec.n), 2)
-   end
-   if is_tensor(spec.images) then
-      if spec.images.device ~= 'cpu' or spec.images:numel() ~= spec.n * numel_of(shape) then
-         error(string.format('dataset: images tensor %s on %s does not hold %d samples of [%s] '
-            .. 'on the CPU', spec.images:shape_string(), spec.images.device, spec.n,
-            table.concat(shape, ',')), 2)
+   for i = 1, #shape do
+      if not is_integer(shape[i]) or shape[i] < 1 then
+         error(string.format('dataset: size %d of shape [%s] is %s (expected a positive '
+            .. 'integer)', i, table.concat(shape, ','), tostring(shape[i])), level + 1)
       end
-   elseif type(spec.images) ~= 'cdata' then
-      error('dataset: images must be a uint8 C array or a float32 Tensor', 2)
    end
-   if type(spec.labels) ~= 'cdata' then
-      error('dataset: labels must be an int32 C array', 2)
+   if not is_integer(spec.n) or spec.n < 0 then
+      error('dataset: n must be the number of samples, got ' .. tostring(spec.n), level + 1)
    end
+   if not is_integer(spec.classes) or spec.classes < 1 then
+      error('dataset: classes must be the number of classes, got ' .. tostring(spec.classes),
+         level + 1)
+   end
+end
+
+-- The images as stored in the dataset (a C array or pointer, or a Tensor),
+-- after checking that they hold n samples.
+local function checked_images(spec, level)
+   local images, need = spec.images, spec.n * numel_of(spec.shape)
+   local shape = table.concat(spec.shape, ',')
+   if is_tensor(images) then
+      if images.device ~= 'cpu' or images:numel() ~= need then
+         error(string.format('dataset: images tensor %s on %s does not hold %d samples of [%s] '
+            .. 'on the CPU', images:shape_string(), images.device, spec.n, shape), level + 1)
+      end
+      return images
+   end
+   local count
+   if type(images) == 'table' and type(images.data) == 'cdata' then
+      if images.dtype ~= 'u8' then
+         error(string.format('dataset: images IDX array has element type %s (expected u8)',
+            tostring(images.dtype)), level + 1)
+      end
+      count = images.numel
+   elseif type(images) == 'cdata' then
+      local element, bytes = c_array(images)
+      if element ~= 'unsigned char' then
+         error(string.format('dataset: images is a C %s (expected a uint8 C array, whose size '
+            .. 'can be checked)', tostring(ffi.typeof(images)):match('^ctype<(.*)>$')), level + 1)
+      end
+      count = bytes
+   else
+      error('dataset: images must be a uint8 C array, a u8 IDX array or a float32 Tensor',
+         level + 1)
+   end
+   if count < need then
+      error(string.format('dataset: images hold %d bytes, fewer than the %d of %d samples of '
+         .. '[%s]', count, need, spec.n, shape), level + 1)
+   end
+   return type(images) == 'table' and images.data or images
+end
+
+-- Checks that labels is an int32 C array of n class indices below classes.
+local function check_labels_array(spec, level)
+   local labels = spec.labels
+   local element, bytes = nil, 0
+   if type(labels) == 'cdata' then
+      element, bytes = c_array(labels)
+   end
+   if element ~= 'int' then
+      error(string.format('dataset: labels must be an int32 C array, got %s', type(labels) ==
+         'cdata' and tostring(ffi.typeof(labels)):match('^ctype<(.*)>$') or type(labels)),
+         level + 1)
+   end
+   if bytes < 4 * spec.n then
+      error(string.format('dataset: labels hold %d entries, fewer than the %d samples',
+         bytes / 4, spec.n), level + 1)
+   end
+   for i = 0, spec.n - 1 do
+      if labels[i] < 0 or labels[i] >= spec.classes then
+         error(string.format('dataset: label %d of sample %d is not in 0..%d', labels[i], i + 1,
+            spec.classes - 1), level + 1)
+      end
+   end
+end
+
+-- Creates a dataset from its fields (see the top of this file); name and
+-- class_names are optional. Every field is checked, the labels one by one.
+function M.dataset(spec)
+   if type(spec) ~= 'table' then
+      error('dataset: expected a table of fields, got ' .. type(spec), 2)
+   end
+   check_shape_fields(spec, 2)
+   local images = checked_images(spec, 2)
+   check_labels_array(spec, 2)
+   local shape = spec.shape
    local ds = setmetatable({
-      n = spec.n, shape = shape, classes = spec.classes, images = spec.images,
+      n = spec.n, shape = shape, classes = spec.classes, images = images,
       labels = spec.labels, name = spec.name, class_names = spec.class_names,
    }, Dataset)
    ds.mean = check_stats(spec.mean, shape[1], 'mean', 2)
@@ -189,7 +280,7 @@ local function from_idx(images, labels, fn, spec, level)
    for i = 0, n - 1 do
       ints[i] = labels.data[i]
    end
-   spec.n, spec.images, spec.labels = n, images.data, ints
+   spec.n, spec.images, spec.labels = n, images, ints
    spec.shape = { 1, images.shape[2], images.shape[3] }
    return M.dataset(spec)
 end
@@ -426,10 +517,52 @@ local function pixel_tables(ds)
    return lut
 end
 
+local LOADER_OPTIONS = { 'batch_size', 'device', 'drop_last', 'rng', 'seed', 'shuffle',
+                         'transform' }
+
+-- Raises an error for an option key or value that the loader does not take.
+local function check_loader_opts(opts, level)
+   if type(opts) ~= 'table' then
+      error('loader: options must be a table, got ' .. type(opts), level + 1)
+   end
+   local known = {}
+   for _, key in ipairs(LOADER_OPTIONS) do
+      known[key] = true
+   end
+   for key in pairs(opts) do
+      if not known[key] then
+         error(string.format("loader: unknown option '%s' (expected %s)", tostring(key),
+            table.concat(LOADER_OPTIONS, ', ')), level + 1)
+      end
+   end
+   local bs = opts.batch_size
+   if not is_integer(bs) or bs < 1 then
+      error('loader: batch_size must be a positive integer, got ' .. tostring(bs), level + 1)
+   end
+   for _, key in ipairs({ 'shuffle', 'drop_last' }) do
+      if opts[key] ~= nil and type(opts[key]) ~= 'boolean' then
+         error(string.format('loader: %s must be a boolean, got %s', key, tostring(opts[key])),
+            level + 1)
+      end
+   end
+   if opts.rng ~= nil and getmetatable(opts.rng) ~= random.Generator then
+      error('loader: rng must be an mrt.random Generator, got ' .. tostring(opts.rng), level + 1)
+   end
+   if opts.transform ~= nil and type(opts.transform) ~= 'function' then
+      error('loader: transform must be a function, got ' .. tostring(opts.transform), level + 1)
+   end
+   local device = opts.device or 'cpu'
+   if tensor.DEVICES[device] == nil then
+      error(string.format("loader: unknown device '%s' (expected 'cpu' or 'cuda')",
+         tostring(device)), level + 1)
+   end
+end
+
 -- Creates a minibatch loader over a dataset. opts:
 --    batch_size  samples per batch (required)
 --    shuffle     draw a new order every epoch (default true)
---    rng         the mrt.random Generator that draws it (default: random.new(opts.seed or 0))
+--    rng         the mrt.random Generator that draws it (default: random.new(seed))
+--    seed        the seed of that default generator (default 0)
 --    drop_last   skip a last batch smaller than batch_size (default false)
 --    device      where batches go, 'cpu' or 'cuda' (default 'cpu')
 --    transform   function(x, labels, count) run on each CPU batch before it is
@@ -437,17 +570,18 @@ end
 --                and labels an int32 C array. It edits x in place and returns
 --                nothing, or returns the batch to use (any shape, e.g. a resized
 --                copy it keeps for reuse, on the CPU or on the loader's device)
+-- Unknown options are errors, and a 'cuda' device must be available.
 function M.loader(dataset, opts)
    opts = opts or {}
-   local bs = opts.batch_size
-   if type(bs) ~= 'number' or bs < 1 or bs ~= math.floor(bs) then
-      error('loader: batch_size must be a positive integer, got ' .. tostring(bs), 2)
-   end
+   check_loader_opts(opts, 2)
    if getmetatable(dataset) ~= Dataset then
       error('loader: expected a dataset made by mrt.data', 2)
    end
+   if opts.device == 'cuda' then
+      lib.check(lib.C.mrt_cuda_init(), 2) -- raises the engine's reason when CUDA is missing
+   end
    local self = setmetatable({
-      dataset = dataset, batch_size = bs, shuffle = opts.shuffle ~= false,
+      dataset = dataset, batch_size = opts.batch_size, shuffle = opts.shuffle ~= false,
       drop_last = opts.drop_last == true, device = opts.device or 'cpu',
       transform = opts.transform, rng = opts.rng or random.new(opts.seed or 0),
       epoch_number = 0, next_index = 1, order = nil, epoch_rng = nil, buffers = {},
@@ -608,17 +742,48 @@ function Loader:position()
             rng = rng and { seed = rng.seed, counter = rng.counter } or nil }
 end
 
+-- The loader's whole iteration state, generator included. checkpoint.load
+-- restores it with :restore when a later step of the load fails.
+function Loader:snapshot()
+   return { epoch_number = self.epoch_number, next_index = self.next_index, order = self.order,
+            epoch_rng = self.epoch_rng, rng = self.rng:get_state() }
+end
+
+-- Restores a state from :snapshot().
+function Loader:restore(s)
+   self.epoch_number, self.next_index = s.epoch_number, s.next_index
+   self.order, self.epoch_rng = s.order, s.epoch_rng
+   self.rng:set_state(s.rng)
+end
+
+-- The problem with a position for set_position, or nil when it is valid.
+function Loader:position_error(p)
+   if type(p) ~= 'table' or not is_integer(p.epoch) or not is_integer(p.index) then
+      return 'expected {epoch=, index=, rng=} from loader:position()'
+   end
+   if p.index < 1 or p.index > self.dataset.n + 1 then
+      return string.format('index %d is not in 1..%d', p.index, self.dataset.n + 1)
+   end
+   if p.epoch >= 1 and self.shuffle then
+      if type(p.rng) ~= 'table' then
+         return 'a shuffling loader needs the rng state of the position'
+      end
+      local problem = random.state_error(p.rng)
+      if problem ~= nil then
+         return 'rng: ' .. problem
+      end
+   end
+   return nil
+end
+
 -- Restores a position from :position(). The generator is set back to the
 -- state that drew the epoch's order and draws it again, so a generator
 -- used only by this loader ends where the saved run had it. A generator
 -- shared with other uses needs its own saved state restored afterwards.
 function Loader:set_position(p)
-   if type(p) ~= 'table' or type(p.epoch) ~= 'number' or type(p.index) ~= 'number' then
-      error('set_position: expected {epoch=, index=, rng=} from loader:position()', 2)
-   end
-   if p.index < 1 or p.index > self.dataset.n + 1 then
-      error(string.format('set_position: index %d is not in 1..%d', p.index, self.dataset.n + 1),
-         2)
+   local problem = self:position_error(p)
+   if problem ~= nil then
+      error('set_position: ' .. problem, 2)
    end
    self.epoch_number, self.next_index = p.epoch, p.index
    self.order, self.epoch_rng = nil, nil
@@ -626,9 +791,6 @@ function Loader:set_position(p)
       return
    end
    if self.shuffle then
-      if type(p.rng) ~= 'table' then
-         error('set_position: a shuffling loader needs the rng state of the position', 2)
-      end
       self.rng:set_state(p.rng)
    end
    self:draw_order()

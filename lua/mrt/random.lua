@@ -12,9 +12,18 @@ local Generator = {}
 Generator.__index = Generator
 M.Generator = Generator
 
+-- Seeds stay below 2^53, where Lua numbers hold every integer exactly, so
+-- that get_state returns the seed unchanged.
+local SEED_BOUND = 2 ^ 53
+
+-- True when v is an integer in [0, bound).
+local function is_count(v, bound)
+   return type(v) == 'number' and v >= 0 and v == math.floor(v) and v < bound
+end
+
 function M.new(seed)
-   if type(seed) ~= 'number' or seed < 0 or seed ~= math.floor(seed) then
-      error('random.new: seed must be a non-negative integer, got ' .. tostring(seed), 2)
+   if not is_count(seed, SEED_BOUND) then
+      error('random.new: seed must be an integer in [0, 2^53), got ' .. tostring(seed), 2)
    end
    local g = setmetatable({ state = ffi.new('mrt_rng') }, Generator)
    C.mrt_rng_init(g.state, seed)
@@ -25,7 +34,26 @@ function Generator:get_state()
    return { seed = tonumber(self.state.seed), counter = tonumber(self.state.counter) }
 end
 
+-- The problem with a state for set_state, or nil when it is valid: a table
+-- { seed =, counter = } of integers in [0, 2^64), the range of the C fields.
+function M.state_error(s)
+   if type(s) ~= 'table' then
+      return 'expected {seed=, counter=} from get_state, got ' .. tostring(s)
+   end
+   for _, key in ipairs({ 'seed', 'counter' }) do
+      if not is_count(s[key], 2 ^ 64) then
+         return string.format('%s is %s (expected an integer in [0, 2^64))', key,
+            tostring(s[key]))
+      end
+   end
+   return nil
+end
+
 function Generator:set_state(s)
+   local problem = M.state_error(s)
+   if problem ~= nil then
+      error('set_state: ' .. problem, 2)
+   end
    self.state.seed = s.seed
    self.state.counter = s.counter
 end
@@ -65,6 +93,9 @@ end
 
 -- A random permutation of 1..n as a Lua list.
 function Generator:permutation(n)
+   if not is_count(n, SEED_BOUND) then
+      error('permutation: n must be a non-negative integer, got ' .. tostring(n), 2)
+   end
    local buf = ffi.new('int64_t[?]', math.max(n, 1))
    C.mrt_rng_permutation(self.state, buf, n)
    local out = {}

@@ -70,21 +70,41 @@ local function shape_numel(shape)
 end
 M.shape_numel = shape_numel
 
+-- '[2,3,4]'; integral sizes print in full (2^61 as 2305843009213693952).
 local function shape_string(shape)
-   return '[' .. table.concat(shape, ',') .. ']'
+   local parts = {}
+   for i = 1, #shape do
+      local s = shape[i]
+      local whole = type(s) == 'number' and s == math.floor(s) and math.abs(s) < math.huge
+      parts[i] = whole and string.format('%.0f', s) or tostring(s)
+   end
+   return '[' .. table.concat(parts, ',') .. ']'
 end
 M.shape_string = shape_string
+
+-- The bound on a float32 tensor's element count: its size in bytes must
+-- fit in int64 (the engine's mrt_tensor_set_shape checks the same bound).
+local MAX_NUMEL = 2 ^ 61
 
 local function check_shape(shape, level)
    if type(shape) ~= 'table' or #shape > 8 then
       error('tensor shape must be a list of at most 8 sizes, got ' .. tostring(shape), level + 1)
    end
+   local numel, largest = 1, 0
    for i = 1, #shape do
       local s = shape[i]
-      if type(s) ~= 'number' or s < 0 or s ~= math.floor(s) then
+      if type(s) ~= 'number' or s < 0 or s ~= math.floor(s) or s == math.huge then
          error(string.format('tensor size %d is %s (expected a non-negative integer)', i,
             tostring(s)), level + 1)
       end
+      numel = numel * s
+      largest = math.max(largest, s)
+   end
+   -- A zero size makes the product 0, but every size must still convert to int64.
+   if numel >= MAX_NUMEL or largest >= MAX_NUMEL then
+      error(string.format('tensor shape %s is too large (%.0f elements; sizes and the element '
+         .. 'count must be below 2^61 so that the size in bytes fits in int64)',
+         shape_string(shape), numel), level + 1)
    end
 end
 
@@ -145,7 +165,11 @@ function M.from_table(values, shape, device)
    end
    local host = M.zeros(shape, 'cpu')
    for i = 1, n do
-      host.c.data[i - 1] = values[i]
+      local v = values[i]
+      if type(v) ~= 'number' then
+         error(string.format('from_table: value %d is a %s (expected a number)', i, type(v)), 2)
+      end
+      host.c.data[i - 1] = v
    end
    if (device or M.default_device()) ~= 'cpu' then
       return host:to(device or M.default_device())
@@ -315,6 +339,10 @@ end
 -- An int32 label buffer of n entries on a device: { ptr = int32_t *, n = n, device = }.
 -- Labels passed to the loss must live on the logits' device.
 function M.labels(n, device)
+   if type(n) ~= 'number' or n < 0 or n ~= math.floor(n) or n >= MAX_NUMEL then
+      error(string.format('labels: n is %s (expected a non-negative integer below 2^61)',
+         tostring(n)), 2)
+   end
    device = device or M.default_device()
    local storage = new_storage(n, device)
    return { ptr = ffi.cast('int32_t *', storage.ptr), n = n, device = device, storage = storage }
