@@ -1,27 +1,23 @@
 /*
  * dnnl_conv.c: the CPU backend's channels-last convolution through oneDNN
- * (libdnnl, built here with MRT_HAVE_DNNL), forward, input gradient and
- * weight gradient.
+ * (built with MRT_HAVE_DNNL): forward, input gradient and weight gradient.
  *
- * oneDNN picks its kernel at run time for the CPU it runs on (AVX-512,
- * AVX2, ...) and for the layout it is given. On channels-last activations
- * its direct kernels reach 150-300 GFLOP/s on the ResNet layers of
- * tests/bench on a 2-core AMD EPYC (Zen 4) with AVX-512, against 15-100
- * GFLOP/s for its own im2col path on NCHW data, so only channels-last
- * calls come here; NCHW calls stay on the im2col path of conv2d.c.
+ * oneDNN picks its kernels at run time for the CPU (AVX-512, AVX2, ...) and
+ * for the layout. Its direct kernels on channels-last data run several
+ * times faster than on NCHW data (docs/performance.md has the figures), so
+ * channels-last calls come here and NCHW calls stay on the im2col path of
+ * conv2d.c.
  *
  * Kernel taps that read only padding for every output position contribute
- * nothing, and a plan drops them: a 3x3 convolution with padding 1 on a 1x1
- * input (ResNet18's last stage on 32x32 images) becomes a 1x1 convolution,
- * which oneDNN runs as a matrix product instead of a slow general kernel.
- * The kept taps are copied to a contiguous buffer of the plan before the
- * reorder, because oneDNN reorders from a strided view of the whole kernel
- * several times slower. The weight gradient of a dropped tap is 0. When
- * the kept taps cover the whole input and the output has one position, as
- * in ResNet18's last stage on 32x32 images, the convolution is a matrix
- * product y[N,O] = x[N,H*W*C] w'[O,H*W*C]^T with w' the kept taps in
- * [O,H,W,C] order, and runs as one (mrt_cpu_matmul), 2 to 4 times faster
- * than oneDNN's convolution kernels on these shapes.
+ * nothing, so a plan drops them: a 3x3 convolution with padding 1 on a 1x1
+ * input becomes a 1x1 convolution. The kept taps go to a contiguous buffer
+ * of the plan before the weight reorder, because oneDNN reorders from a
+ * strided view of the whole kernel several times slower. Dropped taps get a
+ * weight gradient of 0. When the kept taps cover the whole input and the
+ * output has one position (ResNet18's last stage on 32x32 images), the
+ * convolution is the matrix product y[N,O] = x[N,H*W*C] w'[O,H*W*C]^T, with
+ * w' the kept taps in [O,H,W,C] order. It then runs as one
+ * (mrt_cpu_matmul), which beats oneDNN's convolution kernels on such shapes.
  *
  * Each distinct problem (shapes, stride, padding, dilation, bias) gets a
  * plan: its primitives, the reorders of the weights between mrt's

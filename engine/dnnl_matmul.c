@@ -3,13 +3,12 @@
  * accumulation, c := op(a) op(b) + bias + beta*c, through oneDNN's matmul
  * primitive, or mrt_cpu_sgemm where the build has no oneDNN.
  *
- * The primitive picks its kernel at run time (brgemm kernels on AVX-512).
- * On the perceptron's layers of tests/bench (batch 128, 784-1000-10) it
- * measured 180-230 GFLOP/s on the 2-core AMD EPYC, against 100-160 for
- * dnnl_sgemm, and it packs its operands in a scratchpad that mrt provides,
- * where dnnl_sgemm allocates packing buffers on every call. Each distinct
- * problem (sizes, transposes, bias, beta) gets a cached plan, as in
- * dnnl_conv.c.
+ * The primitive picks its kernel at run time (brgemm kernels on AVX-512)
+ * and packs its operands in a scratchpad that mrt provides, where
+ * dnnl_sgemm allocates packing buffers on every call. On the perceptron's
+ * layers it reaches about 200 GFLOP/s on both cores of the development
+ * machine (docs/performance.md). Each distinct problem (sizes, transposes,
+ * bias, beta) gets a cached plan, as in dnnl_conv.c.
  */
 #include <stdlib.h>
 #include <string.h>

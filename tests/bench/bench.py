@@ -236,6 +236,41 @@ def median_ms(table, key):
     return statistics.median(ms for ms, _ in table[key])
 
 
+def speedup_report(args, table, model):
+    """Speed-ups and bound of one model, each taken per repetition, then the median.
+
+    The full, fc and multirate runs of one repetition follow each other, so
+    their ratio is less exposed to the load of other processes drifting
+    over the whole run than a ratio of medians would be.
+    """
+    k = args.k
+    reps = {}
+    for mode in ("full", "fc", "multirate"):
+        for fw in ("mrt", "torch"):
+            for ms, r in table[(model, mode, fw)]:
+                reps.setdefault(r["rep"], {})[(mode, fw)] = (ms, r)
+    f, b, b_fc, bound, s_mrt, s_torch, share = [], [], [], [], [], [], []
+    for rep in sorted(reps):
+        runs = reps[rep]
+        fr, fcr = runs[("full", "mrt")][1], runs[("fc", "mrt")][1]
+        f.append(fr["forward_ms"])
+        b.append(fr["backward_ms"])
+        b_fc.append(fcr["backward_ms"])
+        rep_bound = (f[-1] + b[-1]) / (f[-1] + (b[-1] + (k - 1) * b_fc[-1]) / k)
+        bound.append(rep_bound)
+        s_mrt.append(runs[("full", "mrt")][0] / runs[("multirate", "mrt")][0])
+        s_torch.append(runs[("full", "torch")][0] / runs[("multirate", "torch")][0])
+        share.append(s_mrt[-1] / rep_bound)
+    med = statistics.median
+    line = (f"{model:12s} F {med(f):7.2f} ms  B {med(b):7.2f} ms  B_fc {med(b_fc):6.2f} ms  "
+            f"bound {med(bound):.2f}x  mrt {med(s_mrt):.2f}x (time ratio {1 / med(s_mrt):.3f}, "
+            f"{100 * med(share):.0f}% of bound)  torch {med(s_torch):.2f}x "
+            f"(time ratio {1 / med(s_torch):.3f})")
+    summary = (f"{model} speedup mrt={med(s_mrt):.2f} torch={med(s_torch):.2f} "
+               f"bound={med(bound):.2f}")
+    return line, summary
+
+
 def report(args, table, sgemm):
     print("\nmodel        mode       mrt img/s  torch img/s  mrt/torch  mrt RSS MB  torch RSS MB")
     lines = []
@@ -252,23 +287,12 @@ def report(args, table, sgemm):
             lines.append(f"{model} {mode} mrt={ips['mrt']:.0f} torch={ips['torch']:.0f} "
                          f"ratio={ips['mrt'] / ips['torch']:.2f}")
     if all(m in args.modes for m in MODES):
-        print("\nmultirate speed-up over full training, and its bound from mrt's phases")
+        print("\nmultirate speed-up over full training, and its bound from mrt's phases "
+              "(medians over the repetitions of per-repetition values)")
         for model in args.models:
-            full_runs = [r for _, r in table[(model, "full", "mrt")]]
-            fc_runs = [r for _, r in table[(model, "fc", "mrt")]]
-            f = statistics.median(r["forward_ms"] for r in full_runs)
-            b = statistics.median(r["backward_ms"] for r in full_runs)
-            b_fc = statistics.median(r["backward_ms"] for r in fc_runs)
-            k = args.k
-            bound = (f + b) / (f + (b + (k - 1) * b_fc) / k)
-            s = {fw: speed[(model, "full")][fw] / speed[(model, "multirate")][fw]
-                 for fw in ("mrt", "torch")}
-            print(f"{model:12s} F {f:7.2f} ms  B {b:7.2f} ms  B_fc {b_fc:6.2f} ms  "
-                  f"bound {bound:.2f}x  mrt {s['mrt']:.2f}x (time ratio {1 / s['mrt']:.3f}, "
-                  f"{100 * s['mrt'] / bound:.0f}% of bound)  torch {s['torch']:.2f}x "
-                  f"(time ratio {1 / s['torch']:.3f})")
-            lines.append(f"{model} speedup mrt={s['mrt']:.2f} torch={s['torch']:.2f} "
-                         f"bound={bound:.2f}")
+            line, summary = speedup_report(args, table, model)
+            print(line)
+            lines.append(summary)
     conv_models = [m for m in args.models if m != "mlp"]
     if conv_models:
         print(f"\nachieved GFLOP/s in convolutions and linear layers (sgemm: {sgemm:.0f})")
