@@ -23,9 +23,8 @@ LDLIBS  := -L$(HDF5_LIB) $(LDLIBS)
 endif
 # oneDNN (libdnnl-dev) provides the convolutions and the matrix product,
 # threaded by the same OpenMP pool as the engine's loops. Without it the
-# matrix product is OpenBLAS's. OpenBLAS is not linked next to oneDNN: the
-# Debian build starts its own pthreads pool at load time, whose threads
-# compete with OpenMP's for the cores.
+# matrix product is OpenBLAS's. OpenBLAS is not linked next to oneDNN, since
+# Debian's pthreads build would start a second thread pool at load time.
 DNNL    := $(wildcard /usr/include/dnnl.h)
 ifneq ($(DNNL),)
 CFLAGS  += -DMRT_HAVE_DNNL

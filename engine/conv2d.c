@@ -323,8 +323,8 @@ static void blas_serial_end(int previous)
 }
 
 /* y_n[O,OH*OW] := w[O,CKK] col[CKK,OH*OW] (+ b[O] on every column). */
-static void forward_image(const conv_shape *s, const float *w, const float *b, const float *col,
-                          float *y)
+static int forward_image(const conv_shape *s, const float *w, const float *b, const float *col,
+                         float *y)
 {
     float beta = 0.0f;
 
@@ -334,8 +334,20 @@ static void forward_image(const conv_shape *s, const float *w, const float *b, c
                 y[o * s->ohw + q] = b[o];
         beta = 1.0f;
     }
-    mrt_cpu_sgemm(0, 0, s->o, s->ohw, s->ckk, 1.0f, w, leading_dim(s->ckk), col,
-                  leading_dim(s->ohw), beta, y, leading_dim(s->ohw));
+    return mrt_cpu_sgemm(0, 0, s->o, s->ohw, s->ckk, 1.0f, w, leading_dim(s->ckk), col,
+                         leading_dim(s->ohw), beta, y, leading_dim(s->ohw));
+}
+
+/*
+ * Turns the first failed status of a parallel loop into the calling
+ * thread's error: the matrix product set its message on a worker thread.
+ */
+static int loop_status(const char *fn, int status)
+{
+    if (status == MRT_OK)
+        return MRT_OK;
+    return mrt_fail(status, "%s: a matrix product failed (status %d), most likely out of memory",
+                    fn, status);
 }
 
 static int nchw_forward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tensor *x,
@@ -354,6 +366,7 @@ static int nchw_forward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tens
             return MRT_ENOMEM;
     }
     const int blas_threads = blas_serial_begin(threads);
+    int failed = MRT_OK;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t n = 0; n < s.n; n++) {
         const float *xn = x->data + n * s.c * s.h * s.w;
@@ -363,11 +376,15 @@ static int nchw_forward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_tens
             im2col(&s, p, xn, own);
             cols = own;
         }
-        forward_image(&s, w->data, b != NULL ? b->data : NULL, cols,
-                      y->data + n * s.o * s.ohw);
+        int status = forward_image(&s, w->data, b != NULL ? b->data : NULL, cols,
+                                   y->data + n * s.o * s.ohw);
+        if (status != MRT_OK) {
+#pragma omp atomic write
+            failed = status;
+        }
     }
     blas_serial_end(blas_threads);
-    return MRT_OK;
+    return loop_status("mrt_conv2d_forward", failed);
 }
 
 /* db[o] := beta*db[o] + sum of dy[:,o,:,:], accumulated in double. */
@@ -393,9 +410,9 @@ typedef struct backward_work {
 } backward_work;
 
 /* Adds image n's weight gradient to dw_part and writes its input gradient to dx. */
-static void backward_image(const conv_shape *s, const mrt_conv2d_params *p, int64_t n,
-                           const float *dy, const float *x, const float *w, float *dx,
-                           const backward_work *work, int thread)
+static int backward_image(const conv_shape *s, const mrt_conv2d_params *p, int64_t n,
+                          const float *dy, const float *x, const float *w, float *dx,
+                          const backward_work *work, int thread)
 {
     const int pointwise = is_pointwise(s, p);
     const float *dyn = dy + n * s->o * s->ohw;
@@ -409,19 +426,20 @@ static void backward_image(const conv_shape *s, const mrt_conv2d_params *p, int6
             cols = work->col + thread * col_size;
         }
         /* dw_part[O,CKK] += dy_n[O,OHW] cols[CKK,OHW]^T */
-        mrt_cpu_sgemm(0, 1, s->o, s->ckk, s->ohw, 1.0f, dyn, leading_dim(s->ohw), cols,
-                      leading_dim(s->ohw), 1.0f, work->dw_part + thread * s->o * s->ckk,
-                      leading_dim(s->ckk));
+        MRT_TRY(mrt_cpu_sgemm(0, 1, s->o, s->ckk, s->ohw, 1.0f, dyn, leading_dim(s->ohw), cols,
+                              leading_dim(s->ohw), 1.0f, work->dw_part + thread * s->o * s->ckk,
+                              leading_dim(s->ckk)));
     }
     if (dx != NULL) {
         float *dxn = dx + n * s->c * s->h * s->w;
         float *dcol = pointwise ? dxn : work->dcol + thread * col_size;
         /* dcol[CKK,OHW] := w[O,CKK]^T dy_n[O,OHW] */
-        mrt_cpu_sgemm(1, 0, s->ckk, s->ohw, s->o, 1.0f, w, leading_dim(s->ckk), dyn,
-                      leading_dim(s->ohw), 0.0f, dcol, leading_dim(s->ohw));
+        MRT_TRY(mrt_cpu_sgemm(1, 0, s->ckk, s->ohw, s->o, 1.0f, w, leading_dim(s->ckk), dyn,
+                              leading_dim(s->ohw), 0.0f, dcol, leading_dim(s->ohw)));
         if (!pointwise)
             col2im(s, p, dcol, dxn);
     }
+    return MRT_OK;
 }
 
 /* dw := beta*dw + the sum of the per-thread partials, in thread order. */
@@ -475,11 +493,18 @@ static int nchw_backward(mrt_ctx *ctx, const mrt_conv2d_params *p, const mrt_ten
                              &work));
     float *dx_data = dx != NULL ? dx->data : NULL;
     const int blas_threads = blas_serial_begin(threads);
+    int failed = MRT_OK;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t n = 0; n < s.n; n++)
-        backward_image(&s, p, n, dy->data, x->data, w->data, dx_data, &work,
-                       omp_get_thread_num());
+    for (int64_t n = 0; n < s.n; n++) {
+        int status = backward_image(&s, p, n, dy->data, x->data, w->data, dx_data, &work,
+                                    omp_get_thread_num());
+        if (status != MRT_OK) {
+#pragma omp atomic write
+            failed = status;
+        }
+    }
     blas_serial_end(blas_threads);
+    MRT_TRY(loop_status("mrt_conv2d_backward", failed));
     if (dw != NULL)
         reduce_dw(&s, work.dw_part, threads, beta, dw->data);
     return MRT_OK;

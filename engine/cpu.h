@@ -62,11 +62,12 @@ int mrt_cpu_column_sums(mrt_ctx *ctx, const float *x, int64_t rows, int64_t cols
 /*
  * c[m,n] := alpha*op(a) op(b) + beta*c, row-major, op transposing when
  * trans_a or trans_b is 1: oneDNN's sgemm, or OpenBLAS without oneDNN.
- * Inside a parallel region it runs on the calling thread alone.
+ * Inside a parallel region it runs on the calling thread alone, and a
+ * failure's message lands in that thread's error message.
  */
-void mrt_cpu_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                   const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
-                   int64_t ldc);
+int mrt_cpu_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+                  int64_t ldc);
 /*
  * c[m,n] := op(a) op(b) (+ bias[n] on every row) (+ beta*c when beta != 0),
  * row-major, op transposing when trans_a or trans_b is 1: oneDNN's matmul

@@ -131,29 +131,33 @@ int mrt_cpu_threads_for(int64_t n)
     return n > PARALLEL_MIN ? omp_get_max_threads() : 1;
 }
 
-void mrt_cpu_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                   const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
-                   int64_t ldc)
+int mrt_cpu_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+                  int64_t ldc)
 {
     if (m == 0 || n == 0)
-        return;
+        return MRT_OK;
     if (k == 0) {
         /* BLAS scales C by beta when the inner dimension is empty; do the same. */
         for (int64_t i = 0; i < m; i++)
             for (int64_t j = 0; j < n; j++)
                 c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
-        return;
+        return MRT_OK;
     }
 #ifdef MRT_HAVE_DNNL
-    /* dnnl_sgemm fails only on negative sizes or too small leading dimensions,
-     * which the callers' shapes rule out. */
-    dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c,
-               ldc);
+    dnnl_status_t status = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a,
+                                      lda, b, ldb, beta, c, ldc);
+    if (status != dnnl_success)
+        return mrt_fail(status == dnnl_out_of_memory ? MRT_ENOMEM : MRT_EINVAL,
+                        "mrt_cpu_sgemm: dnnl_sgemm of [%lld,%lld] by [%lld,%lld] failed with "
+                        "status %d", (long long)m, (long long)k, (long long)k, (long long)n,
+                        (int)status);
 #else
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha, a, (int)lda, b,
                 (int)ldb, beta, c, (int)ldc);
 #endif
+    return MRT_OK;
 }
 
 /* acc[j] += row[j] in double, for one row of a column sum. */

@@ -33,9 +33,8 @@ static int sgemm_product(int trans_a, int trans_b, int64_t m, int64_t n, int64_t
         empty_product(m, n, bias, beta, c);
         beta = 1.0f;
     }
-    mrt_cpu_sgemm(trans_a, trans_b, m, n, k, 1.0f, a, trans_a ? m : k, b, trans_b ? k : n, beta,
-                  c, n);
-    return MRT_OK;
+    return mrt_cpu_sgemm(trans_a, trans_b, m, n, k, 1.0f, a, trans_a ? m : k, b, trans_b ? k : n,
+                         beta, c, n);
 }
 
 #ifdef MRT_HAVE_DNNL

@@ -3,8 +3,8 @@
  * channels-last layout NHWC: argument checks and the CPU implementation.
  *
  * A channels-last tensor is an ordinary row-major tensor of shape
- * [N,H,W,C]; the ops that accept one say so in mrt_nn.h and are told
- * through their parameters (channels_last) or the tensor's rank. The CPU
+ * [N,H,W,C]. mrt_nn.h lists the ops that accept one, through the
+ * channels_last field of their parameters or by the tensor's rank. The CPU
  * backend's convolutions are fastest on channels-last data, so models keep
  * their activations in it from the first convolution to the global pooling.
  */

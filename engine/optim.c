@@ -198,11 +198,29 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
     const float lr = p->lr, mu = p->momentum, damp = 1.0f - p->dampening;
     const float wd = p->weight_decay, std = p->noise_std;
     const int first = p->first || mu == 0.0f;
+    const int update = p->update_buffer, apply = p->apply, nesterov = p->nesterov;
 
+    if (update && apply && buffer != NULL && noise == NULL && !nesterov) {
+#pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            const float t = theta[i], old = buffer[i];
+            const float g = wd != 0.0f ? grad[i] + wd * t : grad[i];
+            const float b = first ? g : mu * old + damp * g;
+            buffer[i] = b;
+            theta[i] = t - lr * b;
+        }
+        return;
+    }
+    if (!update && apply) {
+#pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
+        for (int64_t i = 0; i < n; i++)
+            theta[i] = theta[i] - lr * buffer[i];
+        return;
+    }
 #pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float dir;
-        if (p->update_buffer) {
+        if (update) {
             float g = grad[i];
             if (wd != 0.0f)
                 g = g + wd * theta[i];
@@ -211,14 +229,14 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
             if (buffer != NULL) {
                 float b = first ? g : mu * buffer[i] + damp * g;
                 buffer[i] = b;
-                dir = p->nesterov ? g + mu * b : b;
+                dir = nesterov ? g + mu * b : b;
             } else {
                 dir = g;
             }
         } else {
             dir = buffer[i];
         }
-        if (p->apply)
+        if (apply)
             theta[i] = theta[i] - lr * dir;
     }
 }

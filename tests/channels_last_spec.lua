@@ -121,9 +121,10 @@ end)
 ------------------------------------------------------------------ conv2d
 
 -- Cases: n, c, h, w, o, kernel, stride, pad, dilation. The 1x1 and 2x2
--- inputs with padding 1 have kernel taps that read only padding, which the
--- channels-last path drops; those two and the kernel that covers its whole
--- input have one output position, which it runs as a matrix product.
+-- inputs with padding 1 have kernel taps that read only padding, and the
+-- channels-last path drops them. Those two cases and the kernel that covers
+-- its whole input have one output position, so that path runs them as a
+-- matrix product.
 local CONV_CASES = {
    { name = '3x3 padded', n = 2, c = 3, h = 5, w = 5, o = 4, k = 3, s = 1, p = 1, d = 1 },
    { name = '3x3 on a 1x1 input', n = 2, c = 16, h = 1, w = 1, o = 8, k = 3, s = 1, p = 1, d = 1 },

@@ -4,14 +4,14 @@
         [--reps N] [--steps N] [--warmup N] [--k N] [--threads N] [--profile]
         [--json FILE]
 
-`make bench` runs it with the defaults. For every model (mlp 784-1000-10,
-resnet_small on 1x28x28, torchvision's resnet18 on 3x32x32) and mode (full
-training, fc only, multirate with k steps per block and linear drift), it
-runs mrt (tests/bench/mrt_worker.lua under LuaJIT) and PyTorch
-(tests/bench/torch_worker.py) as separate processes, alternating which goes
-first from one repetition to the next, and takes the median over the
-repetitions of each run's median step time. Each process prints one JSON
-line, and its peak RSS is its framework's alone.
+`make bench` runs it with the defaults. The models are mlp 784-1000-10,
+resnet_small on 1x28x28 and torchvision's resnet18 on 3x32x32; the modes are
+full training, fc only, and multirate with k steps per block and linear
+drift. For each, it runs mrt (tests/bench/mrt_worker.lua under LuaJIT) and
+PyTorch (tests/bench/torch_worker.py) as separate processes, alternating
+which goes first from one repetition to the next, and takes the median over
+the repetitions of each run's median step time. Each process prints one
+JSON line, and its peak RSS is its framework's alone.
 
 The summary reports images/s and the ratio mrt/PyTorch per model and mode,
 the multirate speed-up (full step time over multirate step time) of both
@@ -118,10 +118,10 @@ def measure_sgemm(threads):
 def training_flops(model, mode, batch):
     """FLOPs of one training step in convolutions and linear layers, counted per layer.
 
-    Forward 2*MACs per layer; backward adds the weight gradient (2*MACs) for
-    every trained layer and the input gradient (2*MACs) for every layer above
-    the lowest trained one. fc mode trains the head only, so its backward has
-    no input gradient.
+    Forward counts 2*MACs per layer. Backward adds the weight gradient
+    (2*MACs) of every trained layer and the input gradient (2*MACs) of every
+    layer above the lowest trained one. fc mode trains the head only, so its
+    backward has no input gradient.
     """
     import torch
 
@@ -204,6 +204,7 @@ def main():
           f"{args.reps} repetitions, multirate k={args.k}")
     sgemm = measure_sgemm(args.threads)
     print(f"sgemm 2048^3 (numpy BLAS): {sgemm:.0f} GFLOP/s")
+
     runs = []
     table = {}
     for model in args.models:
@@ -219,6 +220,7 @@ def main():
                     print(f"  {model:12s} {mode:9s} {fw:5s} rep {rep + 1}: {ms:8.2f} ms/step "
                           f"{args.batch * 1000 / ms:8.0f} img/s  rss {r['rss_mb']:.0f} MB",
                           flush=True)
+
     summary = report(args, table, sgemm)
     if args.profile:
         for model in args.models:

@@ -14,12 +14,12 @@
 -- (timed steps, 20), --k N (multirate block length, 5), --threads N (0 = all
 -- cores), --profile (print the per-layer table of mrt.profile on stderr).
 --
--- Output fields: step_ms (each timed step, ms), forward_ms, backward_ms and
--- update_ms (per step medians of the forward pass with the loss, the
--- backward pass, and the rest of the step: the optimizer), cpu_ms (CPU time
--- of the process per timed step, all threads, which other processes on the
--- machine inflate far less than wall time), rss_mb (peak resident memory,
--- VmHWM), threads.
+-- Output fields: step_ms (each timed step, ms); forward_ms, backward_ms and
+-- update_ms (per step medians of the forward pass with the loss, of the
+-- backward pass, and of the rest of the step, which is the optimizer);
+-- cpu_ms (CPU time of the process per timed step, all threads); rss_mb
+-- (peak resident memory, VmHWM); threads. Other processes on the machine
+-- inflate cpu_ms far less than the wall times.
 
 local mrt = require 'mrt'
 local lib = require 'mrt.ffi'

@@ -8,12 +8,12 @@ PyTorch's alone) and reads the one JSON line it prints on stdout:
 MODEL: mlp (784-1000-10), resnet_small (1x28x28), resnet18 (torchvision,
 3x32x32, 10 classes). MODE: full, fc (only the classifier head is trained,
 the rest frozen with requires_grad False) or multirate. Multirate is a
-plain re-implementation of multirate SGD with linear drift: the first step
-of each block of k runs the full backward pass and folds the slow
-gradient into the slow momentum buffer, the other k-1 run the head's
-backward only with the rest frozen, and every step moves the fast part by
-SGD with momentum and the slow part by lr times its buffer. Every mode is
-SGD with momentum 0.9 on one fixed random minibatch, as in mrt_worker.lua.
+plain re-implementation of multirate SGD with linear drift. The first step
+of each block of k runs the full backward pass and folds the slow gradient
+into the slow momentum buffer. The other k-1 steps run the head's backward
+only, with the rest frozen. Every step moves the fast part by SGD with
+momentum and the slow part by lr times its buffer. Every mode is SGD with
+momentum 0.9 on one fixed random minibatch, as in mrt_worker.lua.
 
 Options: --batch N (128), --warmup N (5), --steps N (20), --k N (5),
 --threads N (torch.set_num_threads, 2), --profile (print the
