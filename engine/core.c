@@ -65,7 +65,7 @@ const char *mrt_version(void)
 
 static const mrt_backend *cuda_backend;
 
-/* Opens libmrt_cuda.so from the folder that holds this library. */
+/* Opens libmrt_cuda.so from the folder that contains this library. */
 static void *open_cuda_library(char *why, size_t whylen)
 {
     Dl_info info;
@@ -107,7 +107,7 @@ int mrt_cuda_init(void)
         dlclose(handle);
         return mrt_fail(MRT_EDEVICE, "libmrt_cuda.so has no symbol mrt_cuda_backend; rebuild it");
     }
-    /* The CUDA library probes the driver and fails with its own message when no GPU answers. */
+    /* The CUDA library probes the driver and fails with its own message when it finds no GPU. */
     const mrt_backend *backend = get();
     if (backend == NULL)
         return MRT_EDEVICE;

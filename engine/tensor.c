@@ -81,7 +81,11 @@ int mrt_tensor_same_shape(const mrt_tensor *a, const mrt_tensor *b)
 
 static const char *device_name(int device)
 {
-    return device == MRT_CPU ? "cpu" : device == MRT_CUDA ? "cuda" : "unknown";
+    if (device == MRT_CPU)
+        return "cpu";
+    if (device == MRT_CUDA)
+        return "cuda";
+    return "unknown";
 }
 
 int mrt_check_tensor(const mrt_ctx *ctx, const char *fn, const char *name, const mrt_tensor *t,

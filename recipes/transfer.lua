@@ -87,7 +87,7 @@ local function pretrained(config, ctx)
    local path = string.format('%s/transfer-pretrain-%s.safetensors', dir, key)
    util.mkdir_p(dir)
    if util.file_exists(path) then
-      -- A cache must never block a run: an unreadable file is pretrained again.
+      -- An unreadable cached file is pretrained again rather than failing the run.
       local ok, err = pcall(checkpoint.load_safetensors, build(config), path)
       if ok then
          ctx.log('pretrain: using cached checkpoint %s', path)

@@ -13,22 +13,12 @@ local ffi = lib.ffi
 
 local dir
 
+local files = require 'tests.support.files'
+local write_bytes = files.write_bytes
+local exists = files.exists
+
 local function path(name)
    return dir .. '/' .. name
-end
-
-local function write_bytes(p, s)
-   local f = assert(io.open(p, 'wb'))
-   f:write(s)
-   f:close()
-end
-
-local function exists(p)
-   local f = io.open(p, 'rb')
-   if f then
-      f:close()
-   end
-   return f ~= nil
 end
 
 local function error_of(fn, ...)

@@ -11,40 +11,18 @@ local ffi = lib.ffi
 
 local dir
 
-local function path(name)
-   return dir .. '/' .. name
-end
-
-local function write_bytes(p, s)
-   local f = assert(io.open(p, 'wb'))
-   f:write(s)
-   f:close()
-end
-
-local function read_bytes(p)
-   local f = assert(io.open(p, 'rb'))
-   local s = f:read('*a')
-   f:close()
-   return s
-end
-
-local function exists(p)
-   local f = io.open(p, 'rb')
-   if f then
-      f:close()
-   end
-   return f ~= nil
-end
+local files = require 'tests.support.files'
+local write_bytes = files.write_bytes
+local read_bytes = files.read_bytes
+local exists = files.exists
 
 -- Files in the temporary folder, sorted.
 local function listing()
-   local names = {}
-   local pipe = io.popen("ls -A '" .. dir .. "'")
-   for line in pipe:lines() do
-      names[#names + 1] = line
-   end
-   pipe:close()
-   return names
+   return files.listing(dir)
+end
+
+local function path(name)
+   return dir .. '/' .. name
 end
 
 -- The message of the error fn raises, without the "file:line: " prefix.

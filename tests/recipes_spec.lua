@@ -11,6 +11,15 @@ local R = require 'mrt.recipe'
 
 local dir
 
+local files = require 'tests.support.files'
+local exists = files.exists
+local read_bytes = files.read_bytes
+
+-- Files in the temporary folder, sorted.
+local function listing()
+   return files.listing(dir)
+end
+
 before_each(function()
    dir = os.tmpname()
    os.remove(dir)
@@ -20,32 +29,6 @@ end)
 after_each(function()
    os.execute("rm -rf '" .. dir .. "'")
 end)
-
-local function exists(p)
-   local f = io.open(p, 'rb')
-   if f then
-      f:close()
-   end
-   return f ~= nil
-end
-
--- Files in the temporary folder, sorted.
-local function listing()
-   local names = {}
-   local pipe = io.popen("ls -A '" .. dir .. "'")
-   for line in pipe:lines() do
-      names[#names + 1] = line
-   end
-   pipe:close()
-   return names
-end
-
-local function read_bytes(p)
-   local f = assert(io.open(p, 'rb'))
-   local s = f:read('*a')
-   f:close()
-   return s
-end
 
 -- The message of the error fn raises, without a "file:line: " prefix.
 local function error_of(fn, ...)

@@ -64,7 +64,7 @@ int mrt_ctx_set_allow_tf32(mrt_ctx *ctx, int on);
 /* Waits for queued work on the context's device (no-op on the CPU). */
 int mrt_ctx_sync(mrt_ctx *ctx);
 
-/* 1 when the CUDA backend library is loaded and a GPU answers, else 0. */
+/* 1 when the CUDA backend library is loaded and finds a GPU, else 0. */
 int mrt_cuda_available(void);
 /* Loads the CUDA backend; fails with a message naming what is missing. */
 int mrt_cuda_init(void);
