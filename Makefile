@@ -55,7 +55,15 @@ endif
 .PHONY: all deps deps-test run test conformance bench test-gpu clean fixtures
 all: $(TARGETS) bin/mrt
 
-$(BUILD)/engine/%.o: engine/%.c $(HEADERS)
+# The compiler and flags in use, rewritten only when they change, so objects
+# built before `make deps` installed oneDNN are rebuilt with it.
+FLAGS_STAMP := $(BUILD)/flags.txt
+FLAGS_NOW   := $(CC) $(CFLAGS) $(LDLIBS)
+ifneq ($(shell cat $(FLAGS_STAMP) 2>/dev/null),$(FLAGS_NOW))
+$(shell mkdir -p $(BUILD) && echo '$(FLAGS_NOW)' > $(FLAGS_STAMP))
+endif
+
+$(BUILD)/engine/%.o: engine/%.c $(HEADERS) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -67,7 +75,7 @@ $(BUILD)/libmrt.so: $(ENGINE_OBJ)
 CUDA_OBJ := $(patsubst engine/cuda/%.c,$(BUILD)/cuda/%.o,$(CUDA_C_SRC)) \
             $(patsubst kernels/%.cu,$(BUILD)/kernels/%.o,$(CUDA_CU_SRC))
 
-$(BUILD)/cuda/%.o: engine/cuda/%.c $(HEADERS) $(wildcard engine/cuda/*.h)
+$(BUILD)/cuda/%.o: engine/cuda/%.c $(HEADERS) $(wildcard engine/cuda/*.h) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include -c $< -o $@
 
