@@ -76,9 +76,11 @@ static int check_sgd_params(const char *fn, const mrt_sgd_params *p)
                         "momentum %g and dampening %g", fn, p->momentum, p->dampening);
     if (!p->update_buffer && !p->apply)
         return mrt_fail(MRT_EINVAL, "%s: update_buffer and apply are both 0 (nothing to do)", fn);
-    if (!p->update_buffer && p->nesterov)
-        return mrt_fail(MRT_EINVAL, "%s: NYI: applying a stored buffer (update_buffer 0) with "
-                        "nesterov momentum", fn);
+    if (p->mask != NULL)
+        MRT_TRY(check_flag(fn, "mask_on", p->mask_on));
+    if (!p->update_buffer && p->nesterov && p->direction == NULL)
+        return mrt_fail(MRT_EINVAL, "%s: a drift step (update_buffer 0) with nesterov momentum "
+                        "needs the stored direction: set p->direction", fn);
     return MRT_OK;
 }
 
@@ -99,6 +101,8 @@ int mrt_sgd_update(mrt_ctx *ctx, float *theta, const float *grad, float *buffer,
     if (buffer == NULL && n > 0 && (p->momentum != 0.0f || !p->update_buffer))
         return mrt_fail(MRT_EINVAL, "%s: missing array 'buffer' (needed when momentum is %g "
                         "and update_buffer is %d)", fn, p->momentum, (int)p->update_buffer);
+    if (p->nesterov && p->direction != NULL)
+        MRT_TRY(check_ptr(fn, "direction", p->direction, n));
     if (p->noise_std > 0.0f && p->update_buffer && rng == NULL)
         return mrt_fail(MRT_EINVAL, "%s: noise_std is %g but no generator 'rng' was given", fn,
                         p->noise_std);
@@ -125,7 +129,9 @@ int mrt_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m, flo
     MRT_TRY(check_flag(fn, "apply", p->apply));
     if (p->amsgrad != 0)
         return mrt_fail(MRT_ENYI, "NYI: %s: amsgrad", fn);
-    if (p->step < 1)
+    if (p->mask != NULL)
+        MRT_TRY(check_flag(fn, "mask_on", p->mask_on));
+    if (p->counts == NULL && p->step < 1)
         return mrt_fail(MRT_EINVAL, "%s: step is %lld (expected the update's index, from 1)", fn,
                         (long long)p->step);
     if (!p->update_moments && !p->apply)
@@ -199,8 +205,10 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
     const float wd = p->weight_decay, std = p->noise_std;
     const int first = p->first || mu == 0.0f;
     const int update = p->update_buffer, apply = p->apply, nesterov = p->nesterov;
+    const float *mask = p->mask;
+    const int on = p->mask_on != 0;
 
-    if (update && apply && buffer != NULL && noise == NULL && !nesterov) {
+    if (update && apply && buffer != NULL && noise == NULL && !nesterov && mask == NULL) {
 #pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
         for (int64_t i = 0; i < n; i++) {
             const float t = theta[i], old = buffer[i];
@@ -211,15 +219,19 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
         }
         return;
     }
-    if (!update && apply) {
+    float *const stored = nesterov ? p->direction : NULL;
+    if (!update && apply && mask == NULL) {
+        const float *along = stored != NULL ? stored : buffer;
 #pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
         for (int64_t i = 0; i < n; i++)
-            theta[i] = theta[i] - lr * buffer[i];
+            theta[i] = theta[i] - lr * along[i];
         return;
     }
 #pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float dir;
+        if (mask != NULL && (mask[i] != 0.0f) != on)
+            continue;
         if (update) {
             float g = grad[i];
             if (wd != 0.0f)
@@ -230,11 +242,13 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
                 float b = first ? g : mu * buffer[i] + damp * g;
                 buffer[i] = b;
                 dir = nesterov ? g + mu * b : b;
+                if (stored != NULL)
+                    stored[i] = dir;
             } else {
                 dir = g;
             }
         } else {
-            dir = buffer[i];
+            dir = stored != NULL ? stored[i] : buffer[i];
         }
         if (apply)
             theta[i] = theta[i] - lr * dir;
@@ -252,31 +266,85 @@ int mrt_cpu_sgd_update(mrt_ctx *ctx, float *theta, const float *grad, float *buf
     float *noise = mrt_cpu_scratch(ctx, NOISE_SLOT, n < NOISE_CHUNK ? n : NOISE_CHUNK);
     if (noise == NULL)
         return MRT_ENOMEM;
+    mrt_sgd_params chunk = *p;
     for (int64_t base = 0; base < n; base += NOISE_CHUNK) {
         int64_t m = n - base < NOISE_CHUNK ? n - base : NOISE_CHUNK;
         mrt_rng_fill_normal(rng, noise, m, 0.0f, 1.0f);
-        sgd_pass(theta + base, grad + base, buffer != NULL ? buffer + base : NULL, noise, m, p);
+        chunk.direction = p->direction != NULL ? p->direction + base : NULL;
+        chunk.mask = p->mask != NULL ? p->mask + base : NULL;
+        sgd_pass(theta + base, grad + base, buffer != NULL ? buffer + base : NULL, noise, m,
+                 &chunk);
     }
     return MRT_OK;
 }
 
+/* Adam's bias-correction factors for the update with index step, in double, rounded once. */
+static void adam_factors(const mrt_adam_params *p, double step, float *step_size,
+                         float *bias2_sqrt)
+{
+    *step_size = (float)((double)p->lr / (1.0 - pow((double)p->beta1, step)));
+    *bias2_sqrt = (float)sqrt(1.0 - pow((double)p->beta2, step));
+}
+
+/* Per-element counts spanning at most this many values use a table of factors. */
+#define ADAM_TABLE 4096
+
 int mrt_cpu_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m, float *v,
                         int64_t n, const mrt_adam_params *p)
 {
-    const float lr = p->lr, b1 = p->beta1, b2 = p->beta2, eps = p->eps;
+    const float b1 = p->beta1, b2 = p->beta2, eps = p->eps;
     const float wd = p->weight_decay;
-    const double step = (double)p->step;
-    const float step_size = (float)((double)p->lr / (1.0 - pow((double)p->beta1, step)));
-    const float bc2_sqrt = (float)sqrt(1.0 - pow((double)p->beta2, step));
-    const float decay = (float)(1.0 - (double)lr * (double)wd);
+    const float decay = (float)(1.0 - (double)p->lr * (double)wd);
+    const float *mask = p->mask;
+    const int on = p->mask_on != 0, update = p->update_moments;
+    float *counts = p->counts;
+    float step_size, bc2_sqrt;
+    /* With counts: factors of counts lo..lo+span-1 (after this call's increment). */
+    float table_step[ADAM_TABLE], table_bc2[ADAM_TABLE];
+    double lo = 0.0;
+    int span = 0;
 
     (void)ctx;
+    if (counts == NULL) {
+        adam_factors(p, (double)p->step, &step_size, &bc2_sqrt);
+    } else {
+        double hi = 0.0;
+        lo = INFINITY;
+        for (int64_t i = 0; i < n; i++) {
+            if (mask != NULL && (mask[i] != 0.0f) != on)
+                continue;
+            const double c = (double)counts[i] + update;
+            lo = c < lo ? c : lo;
+            hi = c > hi ? c : hi;
+        }
+        if (hi - lo < ADAM_TABLE) {
+            span = (int)(hi - lo) + 1;
+            for (int j = 0; j < span; j++)
+                adam_factors(p, lo + j, &table_step[j], &table_bc2[j]);
+        }
+    }
 #pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
     for (int64_t i = 0; i < n; i++) {
+        if (mask != NULL && (mask[i] != 0.0f) != on)
+            continue;
+        float ss = step_size, bc = bc2_sqrt;
+        if (counts != NULL) {
+            const double c = (double)counts[i] + update;
+            if (c == 0.0)
+                continue;               /* no moments yet: the element has no step */
+            if (update)
+                counts[i] = (float)c;
+            if (span > 0) {
+                ss = table_step[(int)(c - lo)];
+                bc = table_bc2[(int)(c - lo)];
+            } else {
+                adam_factors(p, c, &ss, &bc);
+            }
+        }
         float t = theta[i];
         if (p->apply && p->decoupled && wd != 0.0f)
             t = t * decay;
-        if (p->update_moments) {
+        if (update) {
             float g = grad[i];
             if (!p->decoupled && wd != 0.0f)
                 g = g + wd * theta[i];
@@ -284,8 +352,8 @@ int mrt_cpu_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m,
             v[i] = b2 * v[i] + (1.0f - b2) * g * g;
         }
         if (p->apply) {
-            float denom = sqrtf(v[i]) / bc2_sqrt + eps;
-            t = t - step_size * (m[i] / denom);
+            float denom = sqrtf(v[i]) / bc + eps;
+            t = t - ss * (m[i] / denom);
         }
         theta[i] = t;
     }

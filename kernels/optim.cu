@@ -25,19 +25,28 @@ __global__ void sgd_update_kernel(float *theta, const float *grad, float *buffer
     const int noisy = p.update_buffer && p.noise_std > 0.0f;
 
     for (int64_t i = mrt_thread_index(); i < n; i += mrt_grid_stride()) {
+        if (p.mask != NULL && (p.mask[i] != 0.0f) != (p.mask_on != 0))
+            continue;
         /* mrt_rng_fill_normal(rng, ., n, 0, 1) stores (float)(0 + 1*z), which is (float)z. */
         const float z = noisy ? (float)mrt_philox_normal(seed, counter + 2 * (uint64_t)i) : 0.0f;
         mrt_sgd_element(&theta[i], p.update_buffer ? &grad[i] : NULL,
-                        buffer != NULL ? &buffer[i] : NULL, p, z);
+                        buffer != NULL ? &buffer[i] : NULL,
+                        p.direction != NULL ? &p.direction[i] : NULL, p, z);
     }
 }
 
 __global__ void adam_update_kernel(float *theta, const float *grad, float *m, float *v,
                                    int64_t n, mrt_adam_params p, mrt_cuda_adam_factors f)
 {
-    for (int64_t i = mrt_thread_index(); i < n; i += mrt_grid_stride())
+    for (int64_t i = mrt_thread_index(); i < n; i += mrt_grid_stride()) {
+        if (p.mask != NULL && (p.mask[i] != 0.0f) != (p.mask_on != 0))
+            continue;
+        float step_size = f.step_size, bias2_sqrt = f.bias2_sqrt;
+        if (p.counts != NULL && !mrt_adam_count(&p.counts[i], p, &step_size, &bias2_sqrt))
+            continue;
         mrt_adam_element(&theta[i], p.update_moments ? &grad[i] : NULL, &m[i], &v[i], p,
-                         f.step_size, f.bias2_sqrt, f.decay);
+                         step_size, bias2_sqrt, f.decay);
+    }
 }
 
 /* dst may be one of the sources: each element is read from all before it is written. */
@@ -66,6 +75,8 @@ int mrt_cuda_sgd_update(cudaStream_t stream, float *theta, const float *grad, fl
                         "missing gradient with update_buffer", p->update_buffer);
     MRT_LAUNCHER_ASSERT(p->update_buffer || buffer != NULL, launcher,
                         "missing buffer without update_buffer", p->update_buffer);
+    MRT_LAUNCHER_ASSERT(p->update_buffer || !p->nesterov || p->direction != NULL, launcher,
+                        "missing direction for a nesterov drift step", p->update_buffer);
     MRT_LAUNCHER_ASSERT(!p->update_buffer || p->momentum == 0.0f || buffer != NULL, launcher,
                         "missing buffer with momentum", p->update_buffer);
     if (n == 0)

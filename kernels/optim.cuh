@@ -17,11 +17,13 @@
 /*
  * One SGD element, as the CPU backend's sgd_pass. buffer may be NULL only
  * with update_buffer and momentum 0, and the step is then along g. A buffer
- * given with momentum 0 stores g. z is the element's standard normal,
+ * given with momentum 0 stores g. stored is the element of p.direction
+ * (NULL when there is none): with nesterov, an update writes the direction
+ * there and a drift step goes along it. z is the element's standard normal,
  * already rounded to float, read only when noise_std > 0.
  */
-MRT_HD void mrt_sgd_element(float *theta, const float *grad, float *buffer, const mrt_sgd_params &p,
-                            float z)
+MRT_HD void mrt_sgd_element(float *theta, const float *grad, float *buffer, float *stored,
+                            const mrt_sgd_params &p, float z)
 {
     const float th = *theta;
     const int first = p.first || p.momentum == 0.0f;
@@ -37,9 +39,13 @@ MRT_HD void mrt_sgd_element(float *theta, const float *grad, float *buffer, cons
             const float b = first ? g : p.momentum * *buffer + (1.0f - p.dampening) * g;
             *buffer = b;
             direction = p.nesterov ? g + p.momentum * b : b;
+            if (p.nesterov && stored != NULL)
+                *stored = direction;
         } else {
             direction = g;
         }
+    } else if (p.nesterov && stored != NULL) {
+        direction = *stored;    /* a drift step along the stored nesterov direction */
     } else {
         direction = *buffer;    /* a drift step: apply the stored buffer only */
     }
@@ -72,6 +78,25 @@ MRT_HD void mrt_adam_element(float *theta, const float *grad, float *m, float *v
         t = t - step_size * (*m / denom);
     }
     *theta = t;
+}
+
+/*
+ * An element's own update count (mrt_adam_params.counts): advances it on an
+ * update and gives its bias-correction factors, in double, rounded once, as
+ * the CPU backend. Returns 0 for an element that has no moments yet.
+ */
+MRT_HD int mrt_adam_count(float *count, const mrt_adam_params &p, float *step_size,
+                          float *bias2_sqrt)
+{
+    const double c = (double)*count + p.update_moments;
+
+    if (c == 0.0)
+        return 0;
+    if (p.update_moments)
+        *count = (float)c;
+    *step_size = (float)((double)p.lr / (1.0 - pow((double)p.beta1, c)));
+    *bias2_sqrt = (float)sqrt(1.0 - pow((double)p.beta2, c));
+    return 1;
 }
 
 /* Element i of the mean of srcs[0..count), summed from 0 in source order. */

@@ -147,7 +147,7 @@ typedef struct mrt_cuda_adam_factors {
 static inline mrt_cuda_adam_factors mrt_cuda_adam_factors_for(const mrt_adam_params *p)
 {
     mrt_cuda_adam_factors f;
-    const double step = (double)p->step;
+    const double step = p->step > 0 ? (double)p->step : 1.0;  /* unused with counts */
 
     f.step_size = (float)((double)p->lr / (1.0 - pow((double)p->beta1, step)));
     f.bias2_sqrt = (float)sqrt(1.0 - pow((double)p->beta2, step));

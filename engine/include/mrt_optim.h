@@ -22,6 +22,9 @@ typedef struct mrt_sgd_params {
     int32_t first;         /* 1 on the buffer's first update: buffer := g, as PyTorch */
     int32_t update_buffer; /* 1: fold the gradient into the buffer */
     int32_t apply;         /* 1: theta := theta - lr*direction */
+    float *direction;      /* optional n floats for nesterov's direction (see below) */
+    const float *mask;     /* optional n floats, each 0 or 1 (see below) */
+    int32_t mask_on;       /* with mask: only elements whose mask equals this (0 or 1) move */
 } mrt_sgd_params;
 
 /*
@@ -31,8 +34,10 @@ typedef struct mrt_sgd_params {
  * mu*buffer + (1-dampening)*g. apply steps along the buffer, or along
  * g + mu*buffer with nesterov. buffer may be NULL only when momentum is 0 and
  * update_buffer is 1, and the step is then along g. With update_buffer 0 (a
- * drift step that only applies the stored buffer) grad may be NULL, and
- * nesterov is NYI. rng is needed only when noise_std > 0. The n normals are
+ * drift step that only applies the stored state) grad may be NULL. With
+ * nesterov, p->direction (n floats at the same offset as buffer) stores the
+ * direction g + mu*buffer when update_buffer is 1, and a drift step goes
+ * along it; it is required for a drift step and ignored without nesterov. rng is needed only when noise_std > 0. The n normals are
  * drawn in element order, two 32-bit words each, so the generator advances
  * by 2n words.
  */
@@ -49,12 +54,20 @@ typedef struct mrt_adam_params {
     int64_t step;          /* index of the latest moment update, from 1, for bias correction */
     int32_t update_moments; /* 1: fold grad into m and v (step counts this update) */
     int32_t apply;         /* 1: step theta along the bias-corrected m/(sqrt(v)+eps) */
+    const float *mask;     /* optional n floats, each 0 or 1, as for SGD */
+    int32_t mask_on;       /* with mask: only elements whose mask equals this (0 or 1) move */
+    float *counts;         /* optional n per-element update counts, in place of step */
 } mrt_adam_params;
 
 /*
  * Adam/AdamW on theta[0..n) with moment buffers m and v. With update_moments 0
  * (grad may then be NULL) the stored moments are applied again, as a drifting
  * part does between its updates. AdamW's decoupled decay acts on every apply.
+ * With p->mask, an element whose mask is not mask_on keeps its theta, m, v
+ * and count. With p->counts, each element's bias correction uses its own
+ * count of moment updates (incremented by an update, exact up to 2^24)
+ * instead of step, and an element whose count is still 0 does not move: an
+ * element that joins a part late starts its bias correction from 1.
  */
 int mrt_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m, float *v,
                     int64_t n, const mrt_adam_params *p);

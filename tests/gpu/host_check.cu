@@ -117,38 +117,54 @@ enum { OPT_N = 1000 };
 /* One SGD configuration: CPU backend against mrt_sgd_element with Philox noise. */
 static void check_sgd_case(mrt_ctx *ctx, const mrt_sgd_params *p, int with_buffer)
 {
-    static float theta0[OPT_N], grad[OPT_N], buffer0[OPT_N];
+    static float theta0[OPT_N], grad[OPT_N], buffer0[OPT_N], direction0[OPT_N];
     static float theta_cpu[OPT_N], buffer_cpu[OPT_N], theta_k[OPT_N], buffer_k[OPT_N];
+    static float direction_cpu[OPT_N], direction_k[OPT_N];
     mrt_rng data = {42, 0}, rng_cpu = {7, 5};
     char name[256];
 
     fill_uniform(&data, theta0, OPT_N, -1.0f, 1.0f);
     fill_uniform(&data, grad, OPT_N, -1.0f, 1.0f);
     fill_uniform(&data, buffer0, OPT_N, -1.0f, 1.0f);
+    fill_uniform(&data, direction0, OPT_N, -1.0f, 1.0f);
+    memcpy(direction_cpu, direction0, sizeof direction0);
+    memcpy(direction_k, direction0, sizeof direction0);
     memcpy(theta_cpu, theta0, sizeof theta0);
     memcpy(buffer_cpu, buffer0, sizeof buffer0);
     memcpy(theta_k, theta0, sizeof theta0);
     memcpy(buffer_k, buffer0, sizeof buffer0);
+    static float mask[OPT_N];
+    for (int64_t i = 0; i < OPT_N; i++)
+        mask[i] = (float)(i % 3 == 0);
     const uint64_t counter0 = rng_cpu.counter;
+    mrt_sgd_params q = *p;
+    q.mask = p->mask != NULL ? mask : NULL;
+    q.direction = p->nesterov ? direction_cpu : NULL;
 
     if (mrt_sgd_update(ctx, theta_cpu, p->update_buffer ? grad : NULL,
-                       with_buffer ? buffer_cpu : NULL, OPT_N, p, &rng_cpu) != MRT_OK) {
+                       with_buffer ? buffer_cpu : NULL, OPT_N, &q, &rng_cpu) != MRT_OK) {
         printf("FAIL sgd: the CPU backend failed: %s\n", mrt_error_message());
         failures++;
         return;
     }
     const int noisy = p->update_buffer && p->noise_std > 0.0f;
     for (int64_t i = 0; i < OPT_N; i++) {
+        if (q.mask != NULL && (mask[i] != 0.0f) != (q.mask_on != 0))
+            continue;
         float z = noisy ? (float)mrt_philox_normal(7, counter0 + 2 * (uint64_t)i) : 0.0f;
         mrt_sgd_element(&theta_k[i], p->update_buffer ? &grad[i] : NULL,
-                        with_buffer ? &buffer_k[i] : NULL, *p, z);
+                        with_buffer ? &buffer_k[i] : NULL,
+                        p->nesterov ? &direction_k[i] : NULL, *p, z);
     }
     snprintf(name, sizeof name, "sgd mu=%g damp=%g nesterov=%d wd=%g noise=%g first=%d "
-             "update_buffer=%d apply=%d buffer=%d", p->momentum, p->dampening, p->nesterov,
-             p->weight_decay, p->noise_std, p->first, p->update_buffer, p->apply, with_buffer);
+             "update_buffer=%d apply=%d buffer=%d mask=%d", p->momentum, p->dampening,
+             p->nesterov, p->weight_decay, p->noise_std, p->first, p->update_buffer, p->apply,
+             with_buffer, p->mask != NULL ? 1 + p->mask_on : 0);
     compare(name, theta_k, theta_cpu, OPT_N);
     if (with_buffer)
         compare("  ... its buffer", buffer_k, buffer_cpu, OPT_N);
+    if (p->nesterov)
+        compare("  ... its stored direction", direction_k, direction_cpu, OPT_N);
     const uint64_t expected = counter0 + (noisy ? 2 * (uint64_t)OPT_N : 0);
     report("  ... its generator counter", rng_cpu.counter == expected ? -1 : 0,
            (double)rng_cpu.counter, (double)expected);
@@ -182,11 +198,20 @@ static void check_sgd(mrt_ctx *ctx)
         /* The combinations mrt_sgd_update rejects. */
         if (nesterov && (p.momentum == 0.0f || p.dampening != 0.0f))
             continue;
-        if ((!update && !apply) || (!update && nesterov))
+        if (!update && !apply)
             continue;
         if (!with_buffer && (p.momentum != 0.0f || !update))
             continue;
         check_sgd_case(ctx, &p, with_buffer);
+        /* Element masks: only the elements whose mask is mask_on move. */
+        if (momenta[a] != 0.0f && c == 1 && first == 0)
+            for (int on = 0; on < 2; on++) {
+                static const float marker = 1.0f;
+                p.mask = &marker;        /* check_sgd_case supplies the real mask */
+                p.mask_on = on;
+                check_sgd_case(ctx, &p, with_buffer);
+                p.mask = NULL;
+            }
     }
 }
 
@@ -194,9 +219,19 @@ static void check_adam_case(mrt_ctx *ctx, const mrt_adam_params *p)
 {
     static float theta_cpu[OPT_N], m_cpu[OPT_N], v_cpu[OPT_N], grad[OPT_N];
     static float theta_k[OPT_N], m_k[OPT_N], v_k[OPT_N];
+    static float mask[OPT_N], counts_cpu[OPT_N], counts_k[OPT_N];
     mrt_rng data = {43, 0};
     char name[256];
+    mrt_adam_params q = *p;
 
+    for (int64_t i = 0; i < OPT_N; i++) {
+        mask[i] = (float)(i % 3 == 0);
+        counts_cpu[i] = counts_k[i] = (float)(i % 23);   /* 0 (no moments yet) to 22 */
+    }
+    if (p->mask != NULL)
+        q.mask = mask;
+    if (p->counts != NULL)
+        q.counts = counts_cpu;
     fill_uniform(&data, theta_cpu, OPT_N, -1.0f, 1.0f);
     fill_uniform(&data, grad, OPT_N, -1.0f, 1.0f);
     fill_uniform(&data, m_cpu, OPT_N, -0.1f, 0.1f);
@@ -205,20 +240,30 @@ static void check_adam_case(mrt_ctx *ctx, const mrt_adam_params *p)
     memcpy(m_k, m_cpu, sizeof m_k);
     memcpy(v_k, v_cpu, sizeof v_k);
     if (mrt_adam_update(ctx, theta_cpu, p->update_moments ? grad : NULL, m_cpu, v_cpu, OPT_N,
-                        p) != MRT_OK) {
+                        &q) != MRT_OK) {
         printf("FAIL adam: the CPU backend failed: %s\n", mrt_error_message());
         failures++;
         return;
     }
     const mrt_cuda_adam_factors f = mrt_cuda_adam_factors_for(p);
-    for (int64_t i = 0; i < OPT_N; i++)
-        mrt_adam_element(&theta_k[i], p->update_moments ? &grad[i] : NULL, &m_k[i], &v_k[i], *p,
-                         f.step_size, f.bias2_sqrt, f.decay);
-    snprintf(name, sizeof name, "adam decoupled=%d wd=%g step=%lld update_moments=%d apply=%d",
-             p->decoupled, p->weight_decay, (long long)p->step, p->update_moments, p->apply);
+    for (int64_t i = 0; i < OPT_N; i++) {
+        if (q.mask != NULL && (mask[i] != 0.0f) != (q.mask_on != 0))
+            continue;
+        float step_size = f.step_size, bias2_sqrt = f.bias2_sqrt;
+        if (q.counts != NULL && !mrt_adam_count(&counts_k[i], q, &step_size, &bias2_sqrt))
+            continue;
+        mrt_adam_element(&theta_k[i], p->update_moments ? &grad[i] : NULL, &m_k[i], &v_k[i], q,
+                         step_size, bias2_sqrt, f.decay);
+    }
+    snprintf(name, sizeof name, "adam decoupled=%d wd=%g step=%lld update_moments=%d apply=%d "
+             "mask=%d counts=%d", p->decoupled, p->weight_decay, (long long)p->step,
+             p->update_moments, p->apply, p->mask != NULL ? 1 + p->mask_on : 0,
+             p->counts != NULL);
     compare(name, theta_k, theta_cpu, OPT_N);
     compare("  ... its m", m_k, m_cpu, OPT_N);
     compare("  ... its v", v_k, v_cpu, OPT_N);
+    if (q.counts != NULL)
+        compare("  ... its counts", counts_k, counts_cpu, OPT_N);
 }
 
 static void check_adam(mrt_ctx *ctx)
@@ -245,6 +290,16 @@ static void check_adam(mrt_ctx *ctx)
         p.update_moments = update;
         p.apply = apply;
         check_adam_case(ctx, &p);
+        /* Per-element counts and element masks (check_adam_case supplies the arrays). */
+        static float marker = 1.0f;
+        for (int variant = 0; variant < 3 && s == 1; variant++) {
+            p.counts = &marker;
+            p.mask = variant > 0 ? &marker : NULL;
+            p.mask_on = variant == 2;
+            check_adam_case(ctx, &p);
+        }
+        p.counts = NULL;
+        p.mask = NULL;
     }
 }
 
@@ -287,7 +342,7 @@ static void check_pool_case(mrt_ctx *ctx, int kh, int kw, int sh, int sw, int ph
                             int include_pad, int with_nan)
 {
     enum { N = 2, C = 3, H = 7, W = 9 };
-    mrt_pool2d_params p = {kh, kw, sh, sw, ph, pw, include_pad, 0};
+    mrt_pool2d_params p = {kh, kw, sh, sw, ph, pw, include_pad, 0, 0};
     const int64_t oh = mrt_conv2d_out_size(H, kh, sh, ph, 1);
     const int64_t ow = mrt_conv2d_out_size(W, kw, sw, pw, 1);
     const int64_t xs[4] = {N, C, H, W}, ys[4] = {N, C, oh, ow};
