@@ -108,6 +108,31 @@ local function run(opt, model, steps, epoch, on_step)
    return log, history
 end
 
+-- Runs make(model) for `first` iterations, then on to `last`, and checks
+-- that a new optimizer given the state after `first` repeats iterations
+-- first..last bit for bit. Returns that state.
+local function check_resume(make, first, last)
+   local model = toy_model()
+   local opt = make(model)
+   run(opt, model, first)
+   local saved, state = model.flat.params:clone(), opt:state()
+   local batch = { 0 }
+   for t = first, last do
+      batch[1] = t
+      opt:step(toy_feval(model, batch))
+   end
+   local expected = model.flat.params:totable()
+   model.flat.params:copy(saved)
+   local opt2 = make(model)
+   opt2:load_state(state)
+   for t = first, last do
+      batch[1] = t
+      opt2:step(toy_feval(model, batch))
+   end
+   assert.are.same(expected, model.flat.params:totable())
+   return state
+end
+
 -- 1-based flat indices of a part's elements.
 local function indices(part)
    local out = {}
@@ -554,19 +579,290 @@ describe('optim.multirate options', function()
       assert.has_error(function() optim.multirate(model, { lr = 1, k = 2, fast = '^fc3',
          slow_at = 'end' }) end, "optim.multirate: slow_at = 'end' needs drift = false")
       assert.has_error(function() optim.multirate(model, { lr = 1, k = 2, fast = '^fc3',
-         momentum = 0.9, nesterov = true }) end,
-         "optim.multirate: NYI: nesterov momentum on the drifting part 'slow'")
+         nesterov = true }) end,
+         "optim.multirate: part 'slow': nesterov needs momentum > 0 and dampening 0, got "
+         .. 'momentum 0 and dampening 0')
       assert.has_error(function() optim.multirate(model, { lr = 1, k = 2, fast = '^fc3',
          slow = '^fc3%.b' }) end,
          "optim.multirate: parameter 'fc3.bias' is in both part 'slow' and part 'fast'")
    end)
 
-   it('rejects element-mask parts as NYI', function()
+   it('rejects overlapping masked parts', function()
       local model = toy_model()
-      local p = partition.new(model, { fast = { random = { prob = 0.5 } }, slow = 'rest' })
-      assert.has_error(function() optim.multirate(model, { partition = p, lr = 1, k = 2 }) end,
-         "optim.multirate: NYI: part 'fast' has element masks; element masks work with "
-         .. 'optim.subgroups and optim.random_zeroing')
+      local a = partition.part(model, { '^fc1%.w', random = { prob = 0.5, seed = 1 } }, 'a')
+      local b = partition.part(model, { '^fc1%.w', random = { prob = 0.5, seed = 2 } }, 'b')
+      assert.has_error(function() optim.multirate(model, { lr = 1, k = 2, slow = a, fast = b })
+      end, "optim.multirate: parameter 'fc1.weight' is in both part 'a' and part 'b'")
+   end)
+
+   it('rejects a complement as the subgroups part', function()
+      local model = toy_model()
+      local a = partition.part(model, { '^fc1%.w', random = { prob = 0.5, seed = 1 } }, 'a')
+      local rest = partition.complement(a, 'rest')
+      assert.has_error(function() optim.subgroups(model, { lr = 1, k = 2, slow = rest }) end,
+         "optim.subgroups: part 'rest' contains the elements where a mask is 0; give the "
+         .. 'masked part itself')
+   end)
+end)
+
+--------------------------------------------------------------- random subgroups
+
+-- Masks as the partition draws them: Bernoulli per selected weight, in
+-- parameter order, from a generator with the given seed.
+local function mask_drawer(seed, shapes, prob)
+   local rng = random.new(seed)
+   return function()
+      local masks = {}
+      for i, shape in ipairs(shapes) do
+         masks[i] = rng:fill_bernoulli(T.zeros(shape, 'cpu'), prob[i]):totable()
+      end
+      return masks
+   end
+end
+
+-- fc1.weight (offset 0, 12) and fc2.weight (offset 16, 8) carry masks.
+local MASKED = { { offset = 0, n = 12 }, { offset = 16, n = 8 } }
+
+-- One element's step in the float64 references: plain SGD, SGD with
+-- momentum mu (buffer g on the element's first update, as PyTorch), or Adam
+-- (s.adam = { lr-independent betas and eps }) with the element's own count.
+local function element_step(st, i, theta, g, lr, s)
+   if s.adam then
+      st.c[i] = (st.c[i] or 0) + 1
+      st.m[i] = 0.9 * (st.m[i] or 0) + 0.1 * g
+      st.v[i] = 0.999 * (st.v[i] or 0) + 0.001 * g * g
+      local denom = math.sqrt(st.v[i]) / math.sqrt(1 - 0.999 ^ st.c[i]) + 1e-8
+      return theta - lr / (1 - 0.9 ^ st.c[i]) * st.m[i] / denom
+   end
+   local d = g
+   if (s.mu or 0) ~= 0 then
+      st.b[i] = st.b[i] and s.mu * st.b[i] + g or g
+      d = st.b[i]
+   end
+   return theta - lr * d
+end
+
+-- Float64 subgroups (every_step = false) or random zeroing (true). s: h,
+-- k, seed, wd, steps, and optionally mu, adam, extra (full_step 'extra').
+local function ref_subgroups(theta, s, every_step)
+   theta = { unpack(theta) }
+   local draw = mask_drawer(s.seed, { { 4, 3 }, { 2, 4 } }, { 0.8, 0.5 })
+   local period = s.k + (s.extra and 1 or 0)
+   local st = { b = {}, m = {}, v = {}, c = {} }
+   local masks
+   for t = 0, s.steps - 1 do
+      local pos = t % period
+      if t == 0 or every_step or pos == 0 then
+         masks = draw()
+      end
+      local slow = {}
+      for m, w in ipairs(MASKED) do
+         for j = 1, w.n do
+            slow[w.offset + j] = masks[m][j] == 1
+         end
+      end
+      local fast_step = every_step or pos < period - 1
+      local point = { unpack(theta) }
+      if fast_step then
+         for i in pairs(slow) do
+            if slow[i] then
+               point[i] = 0
+            end
+         end
+      end
+      local g = grads(point, t)
+      for i = 1, #theta do
+         if not (slow[i] and fast_step) then
+            local lr = slow[i] and s.h * s.k or s.h
+            theta[i] = element_step(st, i, theta[i], g[i] + s.wd * point[i], lr, s)
+         end
+      end
+   end
+   return theta
+end
+
+local PROB = { ['^fc1%.'] = 0.8, ['^fc2%.'] = 0.5 }
+
+describe('optim.multirate with nesterov momentum', function()
+   -- float64: the slow part's update stores d_S = g_S + mu*p_S, and each of
+   -- the block's k iterations moves it by (h/k)*d_S.
+   local function ref_nesterov(theta, slow, fast, s)
+      theta = { unpack(theta) }
+      local ps, pf, ds = {}, {}, {}
+      for t = 0, s.steps - 1 do
+         local g = grads(theta, t % s.epoch)
+         if t % s.k == 0 then
+            for _, i in ipairs(slow) do
+               local d = g[i] + s.wd * theta[i]
+               ps[i] = ps[i] and s.mu * ps[i] + d or d
+               ds[i] = d + s.mu * ps[i]
+            end
+         end
+         for _, i in ipairs(fast) do
+            pf[i] = pf[i] and s.mu * pf[i] + g[i] or g[i]
+            theta[i] = theta[i] - s.h / s.k * (g[i] + s.mu * pf[i])
+         end
+         for _, i in ipairs(slow) do
+            theta[i] = theta[i] - s.h / s.k * ds[i]
+         end
+      end
+      return theta
+   end
+
+   it('drifts the slow part along the direction of its last update', function()
+      local model = toy_model()
+      local theta0 = model.flat.params:totable()
+      local p, slow, fast = fast_slow(model)
+      local opt = optim.multirate(model, { partition = p, lr = 0.6, k = 3, momentum = 0.9,
+         nesterov = true, parts = { slow = { weight_decay = 0.05 } } })
+      run(opt, model, 14, 5)
+      local expected = ref_nesterov(theta0, slow, fast, { h = 0.6, k = 3, mu = 0.9, wd = 0.05,
+         steps = 14, epoch = 5 })
+      all_close(model.flat.params:totable(), expected, 'theta')
+   end)
+
+   it('resumes bit-identically in the middle of a block', function()
+      local function make(model)
+         return optim.multirate(model, { lr = 0.6, k = 3, momentum = 0.9, nesterov = true,
+            fast = '^fc3%.' })
+      end
+      local state = check_resume(make, 4, 8)
+      assert.is_not_nil(state.parts.slow.direction)
+   end)
+end)
+
+describe('optim.multirate with element-mask parts', function()
+   -- 1-based flat indices of the elements where a 0/1 table is `on`, from offset.
+   local function where(mask, offset, on, out)
+      for j, v in ipairs(mask) do
+         if v == on then
+            out[#out + 1] = offset + j
+         end
+      end
+      return out
+   end
+
+   local function fixed_masks()
+      local m1 = T.from_table({ 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0 }, { 4, 3 }, 'cpu')
+      local m2 = T.from_table({ 0, 1, 1, 0, 1, 0, 0, 1 }, { 2, 4 }, 'cpu')
+      return { ['fc1.weight'] = m1, ['fc2.weight'] = m2 }
+   end
+
+   -- Slow: the masked elements of fc1.weight and fc2.weight; fast: the rest.
+   local function masked_indices(masks)
+      local slow, fast = {}, {}
+      where(masks['fc1.weight']:totable(), 0, 1, slow)
+      where(masks['fc2.weight']:totable(), 16, 1, slow)
+      where(masks['fc1.weight']:totable(), 0, 0, fast)
+      where(masks['fc2.weight']:totable(), 16, 0, fast)
+      for _, range in ipairs({ { 13, 16 }, { 25, 35 } }) do
+         for i = range[1], range[2] do
+            fast[#fast + 1] = i
+         end
+      end
+      return slow, fast
+   end
+
+   it('splits a weight tensor into slow and fast elements with fixed masks', function()
+      local a, b = toy_model(), toy_model()
+      local theta0 = a.flat.params:totable()
+      local masks = fixed_masks()
+      local slow, fast = masked_indices(masks)
+      local s = { h = 0.6, k = 3, mu_s = 0.5, mu_f = 0.9, wd_s = 0.05, wd_f = 0, drift = true,
+         steps = 13, epoch = 5 }
+      run(optim.multirate(a, { lr = 0.6, k = 3, momentum = 0.9, slow = { masks = masks },
+         parts = { slow = { momentum = 0.5, weight_decay = 0.05 } } }), a, 13, 5)
+      all_close(a.flat.params:totable(), reference(theta0, slow, fast, s), 'drift')
+      -- The same split from a partition whose rest takes the other elements.
+      local p = partition.new(b, { slow = { masks = masks }, fast = 'rest' })
+      local opt = optim.multirate(b, { partition = p, lr = 0.6, k = 3, momentum = 0.9,
+         parts = { slow = { momentum = 0.5, weight_decay = 0.05 } } })
+      run(opt, b, 13, 5)
+      assert.are.same(a.flat.params:totable(), b.flat.params:totable())
+      -- No element's state moves in a part it does not belong to.
+      local buffer = opt:state().parts.slow.buffer:totable()
+      for j, v in ipairs(masks['fc1.weight']:totable()) do
+         if v == 0 then
+            assert.are.equal(0, buffer[j])
+         end
+      end
+      local jump = reference(theta0, slow, fast, { h = 0.6, k = 3, mu_s = 0.5, mu_f = 0.9,
+         wd_s = 0.05, wd_f = 0, drift = false, steps = 13, epoch = 5 })
+      local c = toy_model()
+      run(optim.multirate(c, { lr = 0.6, k = 3, momentum = 0.9, drift = false,
+         slow = { masks = masks }, parts = { slow = { momentum = 0.5, weight_decay = 0.05 } } }),
+         c, 13, 5)
+      all_close(c.flat.params:totable(), jump, 'jump')
+   end)
+
+   -- float64 multirate with drift whose slow elements are random masks
+   -- redrawn at each block start; s.adam puts Adam with per-element counts
+   -- on the slow part.
+   local function ref_random(theta, s)
+      theta = { unpack(theta) }
+      local draw = mask_drawer(s.seed, { { 4, 3 }, { 2, 4 } }, { 0.8, 0.5 })
+      local st_s, pf = { b = {}, m = {}, v = {}, c = {} }, {}
+      local slow, fast, dir
+      for t = 0, s.steps - 1 do
+         if t % s.k == 0 then
+            local masks = draw()
+            slow, fast = {}, {}
+            where(masks[1], 0, 1, slow)
+            where(masks[2], 16, 1, slow)
+            where(masks[1], 0, 0, fast)
+            where(masks[2], 16, 0, fast)
+            for _, range in ipairs({ { 13, 16 }, { 25, 35 } }) do
+               for i = range[1], range[2] do
+                  fast[#fast + 1] = i
+               end
+            end
+         end
+         local g = grads(theta, t)
+         if t % s.k == 0 then
+            dir = {}
+            for _, i in ipairs(slow) do
+               if s.adam then   -- the step per unit of lr, from the updated moments
+                  dir[i] = theta[i] - element_step(st_s, i, theta[i], g[i], 1, s)
+               else
+                  st_s.b[i] = s.mu * (st_s.b[i] or 0) + g[i]
+                  dir[i] = st_s.b[i]
+               end
+            end
+         end
+         for _, i in ipairs(fast) do
+            pf[i] = s.mu * (pf[i] or 0) + g[i]
+            theta[i] = theta[i] - s.h / s.k * pf[i]
+         end
+         for _, i in ipairs(slow) do
+            theta[i] = theta[i] - s.slow_lr / s.k * dir[i]
+         end
+      end
+      return theta
+   end
+
+   it('redraws random masks per block', function()
+      local model = toy_model()
+      local theta0 = model.flat.params:totable()
+      local opt = optim.multirate(model, { lr = 0.6, k = 3, momentum = 0.9,
+         slow = { random = { prob = PROB, seed = 9 } } })
+      run(opt, model, 11)
+      all_close(model.flat.params:totable(), ref_random(theta0, { h = 0.6, slow_lr = 0.6, k = 3,
+         mu = 0.9, seed = 9, steps = 11 }), 'sgd')
+      local m2 = toy_model()
+      run(optim.multirate(m2, { lr = 0.6, k = 3, momentum = 0.9,
+         slow = { random = { prob = PROB, seed = 9 } },
+         parts = { slow = { optimizer = 'adam', lr = 0.03 } } }), m2, 11)
+      all_close(m2.flat.params:totable(), ref_random(theta0, { h = 0.6, slow_lr = 0.03, k = 3,
+         mu = 0.9, seed = 9, steps = 11, adam = true }), 'adam')
+   end)
+
+   it('resumes a random split bit-identically in the middle of a block', function()
+      local function make(model)
+         return optim.multirate(model, { lr = 0.6, k = 3, momentum = 0.9,
+            slow = { random = { prob = PROB, seed = 9 } } })
+      end
+      local state = check_resume(make, 5, 10)
+      assert.is_not_nil(state.masks.slow)
    end)
 end)
 
@@ -613,63 +909,6 @@ describe('optim.multirate on an MLP', function()
    end)
 end)
 
---------------------------------------------------------------- random subgroups
-
--- Masks as the partition draws them: Bernoulli per selected weight, in
--- parameter order, from a generator with the given seed.
-local function mask_drawer(seed, shapes, prob)
-   local rng = random.new(seed)
-   return function()
-      local masks = {}
-      for i, shape in ipairs(shapes) do
-         masks[i] = rng:fill_bernoulli(T.zeros(shape, 'cpu'), prob[i]):totable()
-      end
-      return masks
-   end
-end
-
--- fc1.weight (offset 0, 12) and fc2.weight (offset 16, 8) carry masks.
-local MASKED = { { offset = 0, n = 12 }, { offset = 16, n = 8 } }
-
--- Float64 subgroups (every_step = false) or random zeroing (true).
-local function ref_subgroups(theta, s, every_step)
-   theta = { unpack(theta) }
-   local draw = mask_drawer(s.seed, { { 4, 3 }, { 2, 4 } }, { 0.8, 0.5 })
-   local masks
-   for t = 0, s.steps - 1 do
-      local pos = t % s.k
-      if t == 0 or every_step or pos == 0 then
-         masks = draw()
-      end
-      local slow = {}
-      for m, w in ipairs(MASKED) do
-         for j = 1, w.n do
-            slow[w.offset + j] = masks[m][j] == 1
-         end
-      end
-      local fast_step = every_step or pos < s.k - 1
-      local point = { unpack(theta) }
-      if fast_step then
-         for i in pairs(slow) do
-            if slow[i] then
-               point[i] = 0
-            end
-         end
-      end
-      local g = grads(point, t)
-      for i = 1, #theta do
-         local lr = s.h
-         if slow[i] then
-            lr = fast_step and 0 or s.h * s.k
-         end
-         theta[i] = theta[i] - lr * (g[i] + s.wd * point[i])
-      end
-   end
-   return theta
-end
-
-local PROB = { ['^fc1%.'] = 0.8, ['^fc2%.'] = 0.5 }
-
 describe('optim.subgroups', function()
    it('follows the definition with masks redrawn every k steps', function()
       local model = toy_model()
@@ -711,6 +950,65 @@ describe('optim.subgroups', function()
       assert.is_true(slow > 0)
    end)
 
+   it('follows the definition with SGD momentum as its base', function()
+      local model = toy_model()
+      local theta0 = model.flat.params:totable()
+      run(optim.subgroups(model, { lr = 0.1, k = 3, prob = PROB, seed = 9, momentum = 0.9,
+         weight_decay = 0.01 }), model, 11)
+      local expected = ref_subgroups(theta0, { h = 0.1, k = 3, seed = 9, wd = 0.01, steps = 11,
+         mu = 0.9 })
+      all_close(model.flat.params:totable(), expected, 'theta')
+   end)
+
+   it('follows the definition with Adam as its base, counting each element\'s steps',
+      function()
+      local model = toy_model()
+      local theta0 = model.flat.params:totable()
+      local opt = optim.subgroups(model, { lr = 0.01, k = 3, prob = PROB, seed = 9,
+         optimizer = 'adam', weight_decay = 0.01 })
+      run(opt, model, 11)
+      local expected = ref_subgroups(theta0, { h = 0.01, k = 3, seed = 9, wd = 0.01, steps = 11,
+         adam = true })
+      all_close(model.flat.params:totable(), expected, 'theta')
+      -- fc3 steps on every iteration; a masked element steps 1 to 11 times.
+      local counts = opt:state().base.counts:totable()
+      assert.are.equal(11, counts[27])
+      local seen = {}
+      for i = 1, 12 do
+         seen[counts[i]] = true
+      end
+      assert.is_true(next(seen, next(seen)) ~= nil, 'counts of fc1.weight all equal')
+   end)
+
+   it('takes k masked iterations and then the full one with full_step = extra', function()
+      local model = toy_model()
+      local theta0 = model.flat.params:totable()
+      local opt = optim.subgroups(model, { lr = 0.1, k = 3, prob = PROB, seed = 9,
+         full_step = 'extra' })
+      local zeros = {}
+      run(opt, model, 10, nil, nil)
+      local expected = ref_subgroups(theta0, { h = 0.1, k = 3, seed = 9, wd = 0, steps = 10,
+         extra = true })
+      all_close(model.flat.params:totable(), expected, 'theta')
+      -- Iterations 3 and 7 are full, so no element is zero during their feval.
+      local model2 = toy_model()
+      local opt2 = optim.subgroups(model2, { lr = 0.1, k = 3, prob = PROB, seed = 9,
+         full_step = 'extra' })
+      for t = 0, 7 do
+         opt2:step(function()
+            local count = 0
+            for _, v in ipairs(model2.flat.params:totable()) do
+               count = count + (v == 0 and 1 or 0)
+            end
+            zeros[t + 1] = count
+            return 0
+         end)
+      end
+      for t = 0, 7 do
+         assert.are.equal(t % 4 == 3, zeros[t + 1] == 0, 'iteration ' .. t)
+      end
+   end)
+
    it('is plain SGD with k = 1', function()
       local a, b = toy_model(), toy_model()
       run(optim.subgroups(a, { lr = 0.1, k = 1, prob = 0.5, weight_decay = 0.01 }), a, 5)
@@ -719,24 +1017,13 @@ describe('optim.subgroups', function()
    end)
 
    it('resumes with the same masks after load_state', function()
-      local model = toy_model()
-      local opt = optim.subgroups(model, { lr = 0.1, k = 3, prob = PROB, seed = 2 })
-      run(opt, model, 4)
-      local saved, state = model.flat.params:clone(), opt:state()
-      local batch = { 0 }
-      for t = 4, 8 do
-         batch[1] = t
-         opt:step(toy_feval(model, batch))
-      end
-      local expected = model.flat.params:totable()
-      model.flat.params:copy(saved)
-      local opt2 = optim.subgroups(model, { lr = 0.1, k = 3, prob = PROB, seed = 2 })
-      opt2:load_state(state)
-      for t = 4, 8 do
-         batch[1] = t
-         opt2:step(toy_feval(model, batch))
-      end
-      assert.are.same(expected, model.flat.params:totable())
+      check_resume(function(model)
+         return optim.subgroups(model, { lr = 0.1, k = 3, prob = PROB, seed = 2 })
+      end, 4, 8)
+      check_resume(function(model)
+         return optim.subgroups(model, { lr = 0.01, k = 3, prob = PROB, seed = 2,
+            optimizer = 'adam' })
+      end, 4, 8)
    end)
 
    it('rejects a slow part without masks and missing prob', function()
@@ -747,8 +1034,15 @@ describe('optim.subgroups', function()
          "optim.subgroups: part 'slow' has no element masks (expected a part spec with random "
          .. 'or masks)')
       assert.has_error(function() optim.subgroups(model, { lr = 0.1, k = 2, prob = 0.5,
-         momentum = 0.9 }) end, "optim.subgroups: unknown option 'momentum' (valid options: k, "
-         .. 'lr, params, prob, seed, slow, weight_decay)')
+         gamma = 0.9 }) end, "optim.subgroups: unknown option 'gamma' (valid options: amsgrad, "
+         .. 'betas, dampening, eps, full_step, k, lr, momentum, nesterov, optimizer, params, '
+         .. 'prob, seed, slow, weight_decay)')
+      assert.has_error(function() optim.subgroups(model, { lr = 0.1, k = 2, prob = 0.5,
+         optimizer = 'langevin' }) end, "optim.subgroups: option 'optimizer' is 'langevin' "
+         .. "(expected one of sgd, adam, adamw)")
+      assert.has_error(function() optim.subgroups(model, { lr = 0.1, k = 2, prob = 0.5,
+         full_step = 'first' }) end, "optim.subgroups: option 'full_step' is 'first' "
+         .. "(expected one of last, extra)")
    end)
 end)
 

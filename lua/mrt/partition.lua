@@ -32,8 +32,12 @@
 --                                left out. Without a `kind`, only weights
 --                                are selected.
 -- Each pattern must match some parameter and each part must select some
--- parameter; a parameter in two parts is an error. Parameters in no part
--- belong to none (optimizers leave them frozen).
+-- parameter; a parameter in two parts is an error, except that the 'rest'
+-- part takes the other elements of a parameter that a masked part holds
+-- (the same mask, read the other way round: an element is in the rest
+-- where the mask is 0). Parameters in no part belong to none (optimizers
+-- leave them frozen). partition.complement(part) builds that rest for a
+-- single part.
 
 local T = require 'mrt.tensor'
 local random = require 'mrt.random'
@@ -304,7 +308,7 @@ local function attach_masks(part, s, prob)
       end
       part.masks[p.name] = mask
       part.mask_list[#part.mask_list + 1] = { name = p.name, entry = p.entry, mask = mask,
-         prob = prob and prob(p.name, p.entry) }
+         on = 1, prob = prob and prob(p.name, p.entry) }
    end
    if s.random ~= nil then
       part.rng = random.new(s.random_seed)
@@ -351,28 +355,65 @@ local function select(name, s, list, layers)
    return entries, prob
 end
 
--- Builds one part; `claimed` maps entries of other parts to their part names.
-local function build_part(model, name, spec, claimed)
-   local list = model.flat.list
-   local s = normalize(name, spec)
-   check_spec(name, s)
-   local entries, prob
-   if s.rest then
-      entries = {}
-      for _, p in ipairs(list) do
-         if claimed[p.entry] == nil then
-            entries[#entries + 1] = p
-         end
+-- Gives `part` the elements where `mask` is 0 of the parameters in `shared`
+-- (a list of { name =, entry =, mask = }).
+local function attach_complements(part, shared)
+   if #shared == 0 then
+      return
+   end
+   part.masks, part.mask_list = {}, {}
+   for _, m in ipairs(shared) do
+      part.masks[m.name] = m.mask
+      part.mask_list[#part.mask_list + 1] = { name = m.name, entry = m.entry, mask = m.mask,
+         on = 0 }
+   end
+end
+
+-- The rest of the model: every parameter that `claimed` (entry -> part
+-- name) does not map, plus the other elements of those in `masked` (entry
+-- -> { name =, entry =, mask = }).
+local function rest_part(model, name, claimed, masked)
+   local entries, shared = {}, {}
+   for _, p in ipairs(model.flat.list) do
+      if claimed[p.entry] == nil or masked[p.entry] ~= nil then
+         entries[#entries + 1] = p
       end
-      if #entries == 0 then
-         fail("part '%s' (rest) matches no parameter: the other parts claim them all", name)
+      if masked[p.entry] ~= nil then
+         shared[#shared + 1] = masked[p.entry]
       end
-   else
-      entries, prob = select(name, s, list, boundary_layers(list))
+   end
+   if #entries == 0 then
+      fail("part '%s' (rest) matches no parameter: the other parts claim them all", name)
    end
    local part = new_part(name, model, entries)
+   attach_complements(part, shared)
+   part.rest = true
+   return part
+end
+
+-- The masks of a masked part as a map entry -> { name =, entry =, mask = }.
+local function masks_by_entry(part, into)
+   into = into or {}
+   for _, m in ipairs(part.mask_list or {}) do
+      if m.on == 1 then
+         into[m.entry] = m
+      end
+   end
+   return into
+end
+
+-- Builds one part; `claimed` maps entries of other parts to their part
+-- names and `masked` the entries that masked parts hold to their masks.
+local function build_part(model, name, spec, claimed, masked)
+   local s = normalize(name, spec)
+   check_spec(name, s)
+   if s.rest then
+      return rest_part(model, name, claimed, masked or {})
+   end
+   local entries, prob = select(name, s, model.flat.list, boundary_layers(model.flat.list))
+   local part = new_part(name, model, entries)
    attach_masks(part, s, prob)
-   part.rest = s.rest or false
+   part.rest = false
    return part
 end
 
@@ -402,10 +443,11 @@ function M.new(model, specs)
    end
    table.sort(names)
    local self = setmetatable({ model = model, parts = {}, names = {} }, Partition)
-   local claimed = {}
+   local claimed, masked = {}, {}
    local ok, err = pcall(function()
       for _, name in ipairs(names) do
          local part = build_part(model, name, specs[name], claimed)
+         masks_by_entry(part, masked)
          for _, p in ipairs(part.entries) do
             if claimed[p.entry] ~= nil then
                local a, b = claimed[p.entry], name
@@ -416,7 +458,7 @@ function M.new(model, specs)
          self.parts[name] = part
       end
       if rest_name ~= nil then
-         self.parts[rest_name] = build_part(model, rest_name, specs[rest_name], claimed)
+         self.parts[rest_name] = build_part(model, rest_name, specs[rest_name], claimed, masked)
       end
    end)
    if not ok then
@@ -432,7 +474,26 @@ end
 -- Creates a single part of a flattened model from a spec ('rest' selects every parameter).
 function M.part(model, spec, name)
    check_flattened(model, 'partition.part', 2)
-   local ok, result = pcall(build_part, model, name or 'params', spec, {})
+   local ok, result = pcall(build_part, model, name or 'params', spec, {}, {})
+   if not ok then
+      rethrow(result, 2)
+   end
+   return result
+end
+
+-- The rest of the model beside `part`: the parameters outside it and, of
+-- its masked parameters, the elements where the mask is 0.
+function M.complement(part, name)
+   if not M.is_part(part) then
+      error('partition.complement: expected a part, got ' .. tostring(part), 2)
+   end
+   part:check_current('partition.complement', 2)
+   local claimed = {}
+   for _, p in ipairs(part.entries) do
+      claimed[p.entry] = part.name
+   end
+   local ok, result = pcall(rest_part, part.model, name or 'rest', claimed,
+      masks_by_entry(part))
    if not ok then
       rethrow(result, 2)
    end
@@ -501,6 +562,49 @@ function Part:contains(entry)
    return self.set[entry] == true
 end
 
+-- Returns the runs an optimizer updates over `entries` (a list of { entry
+-- = }), each { offset, count, state_offset } in elements, plus mask and on
+-- for the parameters that `masked` maps (entry -> { mask =, on = }): only
+-- their elements whose mask equals `on` are updated. Unmasked parameters
+-- that touch in the flat buffers merge into one run, and state_offset
+-- places each run in state buffers of one element per parameter element.
+function M.runs(entries, masked)
+   local sorted = {}
+   for i, p in ipairs(entries) do
+      sorted[i] = p.entry
+   end
+   table.sort(sorted, function(a, b) return a.offset < b.offset end)
+   local runs, state_offset = {}, 0
+   for _, e in ipairs(sorted) do
+      local n, m, last = e.value:numel(), masked[e], runs[#runs]
+      if m == nil and last ~= nil and last.mask == nil
+            and last.offset + last.count == e.offset then
+         last.count = last.count + n
+      elseif n > 0 then
+         runs[#runs + 1] = { offset = e.offset, count = n, state_offset = state_offset,
+            mask = m and m.mask, on = m and m.on }
+      end
+      state_offset = state_offset + n
+   end
+   return runs
+end
+
+-- Returns the part's runs (see partition.runs): its ranges, with masked
+-- parameters in runs of their own.
+function Part:runs()
+   if self.masks == nil then
+      return self.ranges
+   end
+   if self.run_list == nil then
+      local masked = {}
+      for _, m in ipairs(self.mask_list) do
+         masked[m.entry] = m
+      end
+      self.run_list = M.runs(self.entries, masked)
+   end
+   return self.run_list
+end
+
 -- Draws new random masks from the part's generator (1 with each parameter's probability).
 function Part:redraw()
    if self.rng == nil then
@@ -509,6 +613,17 @@ function Part:redraw()
    for _, m in ipairs(self.mask_list) do
       self.rng:fill_bernoulli(m.mask, m.prob)
    end
+end
+
+-- True when the part holds the elements where some mask is 0 (a rest
+-- beside a masked part).
+function Part:has_complements()
+   for _, m in ipairs(self.mask_list or {}) do
+      if m.on == 0 then
+         return true
+      end
+   end
+   return false
 end
 
 -- The generator position and current masks (copies), for checkpoints.

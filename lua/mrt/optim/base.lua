@@ -20,7 +20,8 @@
 --                   [0; 0.01 for AdamW, as PyTorch]
 --    momentum       mu, SGD only  [0]
 --    dampening      SGD only: buffer := mu*buffer + (1-dampening)*g  [0]
---    nesterov       SGD only: step along g + mu*buffer  [false]
+--    nesterov       SGD only: step along g + mu*buffer; a drifting part
+--                   re-applies the direction of its last update  [false]
 --    betas          Adam/AdamW: { beta1, beta2 }  [{0.9, 0.999}]
 --    eps            Adam/AdamW: added to sqrt(v_hat)  [1e-8]
 --    amsgrad        Adam/AdamW: must be false (true is NYI)  [false]
@@ -155,21 +156,41 @@ M.Stepper = Stepper
 -- Creates the stepper of a part. opts.store keeps an SGD buffer even when
 -- momentum is 0, because a drifting part re-applies its last direction.
 -- opts.rng is the optimizer's generator (an mrt_rng) for Langevin noise.
+-- opts.runs replaces the part's runs (Part:runs) with a list of the same
+-- form laid out over part.numel state elements.
+--
+-- A part with element masks updates only its elements (see Part:runs):
+-- the others keep their values and their state. An element's state is
+-- updated only while the element belongs to the part and is kept while it
+-- is elsewhere. Adam counts the updates of each element of such a part, so
+-- an element that joins a random part late has its own bias correction.
 function M.stepper(part, settings, opts)
    opts = opts or {}
    local flat = part.model.flat
    local self = setmetatable({
       part = part, settings = settings, kind = settings.optimizer, flat = flat,
       ctx = flat.params:context(), initialized = false, step = 0, rng = opts.rng,
+      runs = opts.runs or part:runs(),
    }, Stepper)
+   local masked = part.masks ~= nil
+   for _, r in ipairs(self.runs) do
+      masked = masked or r.mask ~= nil
+   end
    local device, n = flat.params.device, math.max(part.numel, 1)
    if self.kind == 'adam' or self.kind == 'adamw' then
       self.m = T.zeros({ n }, device)
       self.v = T.zeros({ n }, device)
+      if masked then
+         self.counts = T.zeros({ n }, device)
+      end
       self.cparams = ffi.new('mrt_adam_params')
    else
       if self.kind == 'langevin' or settings.momentum ~= 0 or opts.store then
          self.buffer = T.zeros({ n }, device)
+      end
+      -- A drifting nesterov part re-applies its last direction g + mu*buffer.
+      if settings.nesterov and opts.store then
+         self.direction = T.zeros({ n }, device)
       end
       self.cparams = ffi.new('mrt_sgd_params')
    end
@@ -215,8 +236,8 @@ function Stepper:adam_params(lr, divide, update, apply)
    return p
 end
 
--- Runs the fused update over every range of the part.
-function Stepper:run(lr, divide, update, apply)
+-- Runs the fused update over the runs of the part (default: all of them).
+function Stepper:run(lr, divide, update, apply, runs)
    local flat, ctx = self.flat, self.ctx
    local params, grads = flat.params.c.data, flat.grads.c.data
    if self.kind == 'adam' or self.kind == 'adamw' then
@@ -225,14 +246,20 @@ function Stepper:run(lr, divide, update, apply)
       end
       local p = self:adam_params(lr, divide, update, apply)
       local m, v = self.m.c.data, self.v.c.data
-      for _, r in ipairs(self.part.ranges) do
+      local counts = self.counts and self.counts.c.data
+      for _, r in ipairs(runs or self.runs) do
+         p.mask, p.mask_on = r.mask and r.mask.c.data or nil, r.on or 0
+         p.counts = counts and counts + r.state_offset or nil
          lib.check(C.mrt_adam_update(ctx, params + r.offset, grads + r.offset,
             m + r.state_offset, v + r.state_offset, r.count, p), 3)
       end
    else
       local p = self:sgd_params(lr, divide, update, apply)
       local buffer = self.buffer and self.buffer.c.data
-      for _, r in ipairs(self.part.ranges) do
+      local direction = self.direction and self.direction.c.data
+      for _, r in ipairs(runs or self.runs) do
+         p.mask, p.mask_on = r.mask and r.mask.c.data or nil, r.on or 0
+         p.direction = direction and direction + r.state_offset or nil
          lib.check(C.mrt_sgd_update(ctx, params + r.offset, grads + r.offset,
             buffer and buffer + r.state_offset or nil, r.count, p, self.rng), 3)
       end
@@ -242,9 +269,10 @@ function Stepper:run(lr, divide, update, apply)
    end
 end
 
--- Folds the part's gradient into the state; steps by lr/divide along it when apply.
-function Stepper:update(lr, apply, divide)
-   self:run(lr, divide or 1, true, apply)
+-- Folds the part's gradient into the state; steps by lr/divide along it
+-- when apply. runs (optional) limits the update to some of the part's runs.
+function Stepper:update(lr, apply, divide, runs)
+   self:run(lr, divide or 1, true, apply, runs)
 end
 
 -- Steps by lr/divide along the stored state (no gradient needed).
@@ -264,7 +292,7 @@ end
 -- A copy of the state, for checkpoints.
 function Stepper:state()
    local s = { kind = self.kind, initialized = self.initialized, step = self.step }
-   for _, key in ipairs({ 'buffer', 'm', 'v' }) do
+   for _, key in ipairs({ 'buffer', 'direction', 'm', 'v', 'counts' }) do
       if self[key] ~= nil then
          s[key] = self[key]:clone()
       end
@@ -278,7 +306,7 @@ function Stepper:load_state(s)
       error(string.format("optim: state of part '%s' is for optimizer %s, expected %s", name,
          tostring(type(s) == 'table' and s.kind), self.kind), 3)
    end
-   for _, key in ipairs({ 'buffer', 'm', 'v' }) do
+   for _, key in ipairs({ 'buffer', 'direction', 'm', 'v', 'counts' }) do
       if self[key] ~= nil then
          if s[key] == nil or s[key]:numel() ~= self[key]:numel() then
             error(string.format("optim: state of part '%s' lacks a %d-element '%s'", name,

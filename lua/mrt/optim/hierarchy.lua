@@ -43,22 +43,30 @@ local Optimizer = {}
 Optimizer.__index = Optimizer
 M.Optimizer = Optimizer
 
--- Fails when a part has element masks or overlaps an earlier level.
+-- Fails when two levels share a parameter, unless one level has the
+-- elements where a mask is 1 and the other those where the same mask is 0.
 local function check_levels(fn, levels, level)
    local owner = {}
    for _, lv in ipairs(levels) do
       local part = lv.part
       part:check_current(fn, level + 1)
-      if part.masks ~= nil then
-         error(string.format("%s: NYI: part '%s' has element masks; element masks work with "
-            .. 'optim.subgroups and optim.random_zeroing', fn, part.name), level + 1)
+      local masked = {}
+      for _, m in ipairs(part.mask_list or {}) do
+         masked[m.entry] = m
       end
       for _, p in ipairs(part.entries) do
-         if owner[p.entry] ~= nil then
-            error(string.format("%s: parameter '%s' is in both part '%s' and part '%s'", fn,
-               p.name, owner[p.entry], part.name), level + 1)
+         local mine, other = masked[p.entry], owner[p.entry]
+         if other ~= nil then
+            local theirs = other.mask
+            if mine == nil or theirs == nil or mine.mask ~= theirs.mask or mine.on == theirs.on
+                  or other.shared then
+               error(string.format("%s: parameter '%s' is in both part '%s' and part '%s'", fn,
+                  p.name, other.name, part.name), level + 1)
+            end
+            other.shared = true
+         else
+            owner[p.entry] = { name = part.name, mask = mine }
          end
-         owner[p.entry] = part.name
       end
    end
 end
@@ -183,6 +191,13 @@ function Optimizer:step(feval, clock)
    self.levels[1].part:check_current(self.fn, 2)
    local t = self.iteration
    local now = clock or t
+   -- A random part draws new masks at the start of each of its blocks; the
+   -- masks drawn when it was built serve the first.
+   for _, lv in ipairs(self.levels) do
+      if lv.part.rng ~= nil and t > 0 and t % lv.period == 0 then
+         lv.part:redraw()
+      end
+   end
    local loss
    if self.mode == 'drift' then
       loss = self:step_drift(feval, t, now)
@@ -210,6 +225,10 @@ function Optimizer:state()
    local s = { kind = self.kind, iteration = self.iteration, parts = {} }
    for _, lv in ipairs(self.levels) do
       s.parts[lv.name] = lv.stepper:state()
+      if lv.part.masks ~= nil then
+         s.masks = s.masks or {}
+         s.masks[lv.name] = lv.part:state()
+      end
    end
    if self.generator ~= nil then
       s.rng = self.generator:get_state()
@@ -227,6 +246,13 @@ function Optimizer:load_state(s)
          error(string.format("%s: load_state: state has no part '%s'", self.fn, lv.name), 2)
       end
       lv.stepper:load_state(s.parts[lv.name])
+      if lv.part.masks ~= nil then
+         if s.masks == nil or s.masks[lv.name] == nil then
+            error(string.format("%s: load_state: state has no masks for part '%s'", self.fn,
+               lv.name), 2)
+         end
+         lv.part:load_state(s.masks[lv.name])
+      end
    end
    if self.generator ~= nil then
       self.generator:set_state(s.rng)

@@ -63,8 +63,16 @@
 --    amsgrad, gamma, tau
 --                defaults for every part (see mrt.optim.base)  [sgd, 0, ...]
 --
--- Element-mask parts are NYI here (see optim.subgroups); nesterov on a
--- drifting slow part is NYI.
+-- Element-mask parts: a part with fixed or random masks (mrt.partition)
+-- holds only the elements where its mask is 1, and the part given as the
+-- rest of it (fast or slow left out) holds the others, so one weight
+-- tensor can have slow and fast elements. A random part draws new masks at
+-- the start of each of its blocks. An element's optimizer state in a part
+-- moves only while the element belongs to that part.
+--
+-- With nesterov, a drifting slow part spreads the step of its update,
+-- h*(g + mu*p_S), over the k iterations: its drift re-applies that
+-- direction, so a block moves it exactly as far as a jump would.
 
 local config = require 'mrt.optim.config'
 local base = require 'mrt.optim.base'
@@ -101,10 +109,10 @@ local function resolve_part(model, o, key, value, level)
    return hierarchy.part_option(model, FN, key, value, level + 1)
 end
 
--- Every parameter outside `part`, named `name`.
+-- Every parameter outside `part`, and the other elements of its masked
+-- ones, named `name`.
 local function complement(model, part, name, level)
-   local ok, rest = pcall(partition.part, model, function(_, e) return not part:contains(e) end,
-      name)
+   local ok, rest = pcall(partition.complement, part, name)
    if not ok then
       error(string.format("%s: the %s part (the rest of the model) is empty", FN, name),
          level + 1)
@@ -220,10 +228,6 @@ function M.multirate(model, opts)
    local levels = {}
    for i, part in ipairs(parts) do
       levels[i] = { part = part, settings = settings[i], k = ks[i] }
-      if mode == 'drift' and i < #parts and settings[i].nesterov then
-         error(string.format("%s: NYI: nesterov momentum on the drifting part '%s'", FN,
-            part.name), 2)
-      end
    end
    return hierarchy.new(model, levels, { fn = FN, kind = 'multirate', lr = o.lr, mode = mode,
       seed = o.seed }, 2)

@@ -1,52 +1,63 @@
 -- mrt.optim.subgroups: multirate with random subgroups of weights, a
 -- regularizer, and its ablation without multirate (random zeroing).
 --
--- optim.subgroups: every k iterations (at the start of each block, counted
--- on the global iteration like every multirate scheme) a new random subset
--- of each selected weight tensor is drawn to be slow, each element with its
--- layer's probability `prob`. On the block's first k-1 iterations the slow
+-- optim.subgroups: at the start of each block a new random subset of
+-- each selected weight tensor is drawn to be slow, each element with its
+-- layer's probability `prob`. On the block's masked iterations the slow
 -- elements are held at zero for feval and do not move, while every other
--- trainable element takes a plain SGD step of h. On the block's last
--- iteration the slow elements are back in place for feval and everything
--- updates in one step: slow elements with step h*k, the others with h. So
--- each element covers the time h*k per block: fast ones in k steps of h,
--- slow ones in one step of h*k. With k = 1 this is plain SGD.
+-- trainable element takes a step of h. On the block's full iteration the
+-- slow elements are back in place for feval and everything updates in one
+-- step: slow elements with step h*k, the others with h. Blocks are counted
+-- on the global iteration, like every multirate scheme, and continue across
+-- epochs. With full_step = 'last' (the default) a block has k iterations,
+-- k-1 masked and the full one last, so each element covers the time h*k per
+-- block: fast ones in k steps of h, slow ones in one step of h*k; with k = 1
+-- this is the base optimizer. With full_step = 'extra' a block has k+1
+-- iterations: k masked ones, then the full one.
 --
 -- optim.random_zeroing: on every iteration a new random subset is drawn
 -- and held at zero for feval. Those elements do not move, and the others
--- take a plain SGD step of h. This is DropConnect without rescaling, with
--- no multirate.
+-- take a step of h. With plain SGD this is DropConnect without rescaling,
+-- with no multirate.
 --
--- The update is plain SGD by definition of the scheme: g = grad +
--- weight_decay*theta, theta -= lr*g (engine call mrt_masked_sgd), with no
--- momentum; Adam as the base of this scheme is NYI. Between two calls of
+-- The base optimizer is plain SGD by default (g = grad + weight_decay*theta,
+-- theta -= lr*g), as the scheme is defined; any SGD, Adam or AdamW setting
+-- of mrt.optim.base may replace it. Each element has one optimizer state,
+-- which moves only on the iterations where the element steps: every
+-- iteration while it is fast, the full one while it is slow. Adam counts
+-- each element's own updates for its bias correction. Between two calls of
 -- step the model always holds its full weights (the zeroing lasts only for
 -- feval), so evaluation and checkpoints see the real parameters.
 --
 --    local opt = optim.subgroups(model, { lr = 0.1, k = 5, seed = 1,
 --       prob = { ['^0%.weight$'] = 0.8, ['^2%.weight$'] = 0.5 } })
+--    local opt = optim.subgroups(model, { lr = 1e-3, k = 5, prob = 0.5,
+--       optimizer = 'adam' })
 --
 -- Options (default in brackets):
 --    lr            h, a number >= 0 or a schedule  [required]
---    k             iterations per block, an integer >= 1 (subgroups only)
---                  [required]
+--    k             an integer >= 1 (subgroups only)  [required]
+--    full_step     'last' or 'extra' (subgroups only, see above)  ['last']
 --    prob          probability of an element being slow: a number, a map
 --                  from name pattern to probability, or function(name,
 --                  entry); only weights are selected (see mrt.partition)
 --    seed          seed of the mask generator  [0]
 --    slow          in place of prob and seed: a part with random or fixed
 --                  masks (fixed masks are never redrawn)
---    weight_decay  [0]
 --    params        the trained parameters (see optim.sgd); they must
 --                  include the masked ones  [every parameter]
+--    optimizer     'sgd', 'adam' or 'adamw'  ['sgd']
+--    weight_decay, momentum, dampening, nesterov, betas, eps
+--                  the base optimizer's settings (see mrt.optim.base)
 
 local lib = require 'mrt.ffi'
+local base = require 'mrt.optim.base'
 local config = require 'mrt.optim.config'
 local hierarchy = require 'mrt.optim.hierarchy'
 local partition = require 'mrt.partition'
 local schedule = require 'mrt.optim.schedule'
 
-local ffi, C = lib.ffi, lib.C
+local C = lib.C
 
 local M = {}
 
@@ -61,11 +72,17 @@ local function schema(with_k)
          .. 'or a function' },
       seed = { kind = 'integer', min = 0, default = 0 },
       slow = { kind = 'any', expect = 'a part with element masks' },
-      weight_decay = { kind = 'number', min = 0, default = 0 },
       params = { kind = 'any', expect = 'a part or a part spec' },
    }
+   for key, rule in pairs(base.PART_SCHEMA) do
+      if key ~= 'lr' and key ~= 'gamma' and key ~= 'tau' then
+         s[key] = rule
+      end
+   end
+   s.optimizer = { kind = 'string', one_of = { 'sgd', 'adam', 'adamw' } }
    if with_k then
       s.k = { kind = 'integer', min = 1, required = true }
+      s.full_step = { kind = 'string', one_of = { 'last', 'extra' }, default = 'last' }
    end
    return s
 end
@@ -92,26 +109,47 @@ local function masked_part(model, fn, o, level)
    return part
 end
 
+-- Returns the runs of the trained parameters with each masked tensor's
+-- fast elements (mask 0), and the runs of the slow elements (mask 1) alone,
+-- both laid out over the same state buffers.
+local function runs_of(params, slow)
+   local masked = {}
+   for _, m in ipairs(slow.mask_list) do
+      masked[m.entry] = { mask = m.mask, on = 0 }
+   end
+   local all, only = partition.runs(params.entries, masked), {}
+   for _, run in ipairs(all) do
+      if run.mask ~= nil then
+         only[#only + 1] = { offset = run.offset, count = run.count,
+            state_offset = run.state_offset, mask = run.mask, on = 1 }
+      end
+   end
+   return all, only
+end
+
 local function new(model, fn, o, level)
    level = level + 1
    local params = hierarchy.part_option(model, fn, 'params', o.params, level)
    local slow = masked_part(model, fn, o, level)
+   if slow:has_complements() then
+      error(string.format("%s: part '%s' contains the elements where a mask is 0; give the "
+         .. 'masked part itself', fn, slow.name), level)
+   end
    for _, p in ipairs(slow.entries) do
       if not params:contains(p.entry) then
          error(string.format("%s: masked parameter '%s' is not in the trained parameters", fn,
             p.name), level)
       end
    end
-   local plain
-   if #params.entries > #slow.entries then
-      plain = partition.part(model, function(_, e)
-         return params:contains(e) and not slow:contains(e)
-      end, 'plain')
-   end
+   local settings = base.resolve(fn, {}, o, level)
+   settings.lr = nil
+   local fast_runs, slow_runs = runs_of(params, slow)
    local self = setmetatable({ model = model, fn = fn, lr = o.lr, k = o.k or 1,
-      weight_decay = o.weight_decay, params = params, slow = slow, plain = plain,
-      iteration = 0, kind = fn:gsub('^optim%.', ''), ctx = model.flat.params:context(),
-      sgd = ffi.new('mrt_sgd_params') }, Subgroups)
+      period = (o.k or 1) + (o.full_step == 'extra' and 1 or 0),
+      params = params, slow = slow, slow_runs = slow_runs, fast_runs = fast_runs,
+      iteration = 0, kind = fn:gsub('^optim%.', ''), ctx = model.flat.params:context() },
+      Subgroups)
+   self.stepper = base.stepper(params, settings, { runs = fast_runs })
    self.saved = {}
    for i, m in ipairs(slow.mask_list) do
       self.saved[i] = m.entry.value:clone()
@@ -157,25 +195,6 @@ function Subgroups:restore_masked()
    end
 end
 
--- Plain SGD on the masked tensors (lr_slow for masked elements) and on the rest.
-function Subgroups:update(lr, lr_slow)
-   local flat, ctx, wd = self.model.flat, self.ctx, self.weight_decay
-   for _, m in ipairs(self.slow.mask_list) do
-      local e = m.entry
-      lib.check(C.mrt_masked_sgd(ctx, flat.params.c.data + e.offset, flat.grads.c.data + e.offset,
-         m.mask.c.data, e.value:numel(), lr, lr_slow, wd), 3)
-   end
-   if self.plain ~= nil then
-      local p = self.sgd
-      p.lr, p.momentum, p.dampening, p.weight_decay, p.noise_std = lr, 0, 0, wd, 0
-      p.nesterov, p.first, p.update_buffer, p.apply = 0, 1, 1, 1
-      for _, r in ipairs(self.plain.ranges) do
-         lib.check(C.mrt_sgd_update(ctx, flat.params.c.data + r.offset,
-            flat.grads.c.data + r.offset, nil, r.count, p, nil), 3)
-      end
-   end
-end
-
 -- Runs one iteration (see the file header); feval() as for every optimizer.
 function Subgroups:step(feval, clock)
    if type(feval) ~= 'function' then
@@ -186,27 +205,29 @@ function Subgroups:step(feval, clock)
    local lr = schedule.value(self.lr, clock or t)
    local params = self.params
    self.model:set_needs_grad(function(_, e) return params:contains(e) end)
-   local pos = t % self.k
+   local pos = t % self.period
    -- The masks drawn when the part was built serve the first block.
    if self.slow.rng ~= nil and t > 0 and (self.zeroing_every_step or pos == 0) then
       self.slow:redraw()
    end
    local loss
-   if self.zeroing_every_step or pos < self.k - 1 then
+   if self.zeroing_every_step or pos < self.period - 1 then
       self:zero_masked()
       loss = feval()
-      self:update(lr, 0)
       self:restore_masked()
+      self.stepper:update(lr, true)
    else
       loss = feval()
-      self:update(lr, lr * self.k)
+      self.stepper:update(lr, true)
+      self.stepper:update(lr * self.k, true, 1, self.slow_runs)
    end
    self.iteration = t + 1
    return loss
 end
 
 function Subgroups:state()
-   return { kind = self.kind, iteration = self.iteration, masks = self.slow:state() }
+   return { kind = self.kind, iteration = self.iteration, masks = self.slow:state(),
+      base = self.stepper:state() }
 end
 
 function Subgroups:load_state(s)
@@ -215,6 +236,7 @@ function Subgroups:load_state(s)
          tostring(type(s) == 'table' and s.kind)), 2)
    end
    self.slow:load_state(s.masks)
+   self.stepper:load_state(s.base)
    self.iteration = s.iteration
 end
 
