@@ -113,6 +113,45 @@ describe('Generator:permutation', function()
    end)
 end)
 
+describe('Generator fills', function()
+   -- 70001 values take the threaded path (from 65536 on). Every fill reads
+   -- the stream in order, so one long fill equals a short fill and then the
+   -- rest.
+   local N = 70001
+
+   local function pieces(kind, seed, args)
+      local g = random.new(seed)
+      g:uniform()                       -- start off a Philox block boundary
+      local head = g[kind](g, T.zeros({ 5 }, 'cpu'), unpack(args)):totable()
+      local tail = g[kind](g, T.zeros({ N - 5 }, 'cpu'), unpack(args)):totable()
+      return head, tail, g:get_state()
+   end
+
+   for _, case in ipairs({ { 'fill_uniform', { -1, 2 }, 1 }, { 'fill_normal', { 0.5, 2 }, 2 },
+      { 'fill_bernoulli', { 0.3 }, 1 } }) do
+      local kind, args, words = case[1], case[2], case[3]
+      it(kind .. ' gives the same values on 1 and 2 threads', function()
+         local runs = {}
+         for threads = 1, 2 do
+            lib.check(C.mrt_threads_set(threads))
+            local g = random.new(11)
+            g:uniform()
+            runs[threads] = g[kind](g, T.zeros({ N }, 'cpu'), unpack(args)):totable()
+            assert.are.same({ seed = 11, counter = 1 + words * N }, g:get_state())
+         end
+         lib.check(C.mrt_threads_set(0))
+         assert.are.same(runs[1], runs[2])
+         local head, tail = pieces(kind, 11, args)
+         for i = 1, 5 do
+            assert.are.equal(runs[1][i], head[i])
+         end
+         for i = 1, N - 5 do
+            assert.are.equal(runs[1][i + 5], tail[i])
+         end
+      end)
+   end
+end)
+
 describe('Generator:set_state', function()
    it('rejects a state that is not {seed=, counter=}', function()
       local g = random.new(1)
