@@ -219,12 +219,29 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
         }
         return;
     }
+    /* The same with an element mask: every element is computed, and the
+     * ones outside the part keep their old values (branch-free selects). */
+    if (update && apply && noise == NULL && !nesterov && mask != NULL) {
+#pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            const int keep = (mask[i] != 0.0f) == on;
+            const float t = theta[i], old = buffer != NULL ? buffer[i] : 0.0f;
+            const float g = wd != 0.0f ? grad[i] + wd * t : grad[i];
+            const float b = first ? g : mu * old + damp * g;
+            if (buffer != NULL)
+                buffer[i] = keep ? b : old;
+            theta[i] = keep ? t - lr * b : t;
+        }
+        return;
+    }
     float *const stored = nesterov ? p->direction : NULL;
-    if (!update && apply && mask == NULL) {
+    if (!update && apply) {
         const float *along = stored != NULL ? stored : buffer;
 #pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
-        for (int64_t i = 0; i < n; i++)
-            theta[i] = theta[i] - lr * along[i];
+        for (int64_t i = 0; i < n; i++) {
+            const int keep = mask == NULL || (mask[i] != 0.0f) == on;
+            theta[i] = keep ? theta[i] - lr * along[i] : theta[i];
+        }
         return;
     }
 #pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
