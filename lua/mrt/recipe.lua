@@ -385,6 +385,17 @@ function M.check_pattern(recipe_name, config, key)
    end
 end
 
+-- Checks that config[key] is one of the `valid` names.
+function M.check_choice(recipe_name, config, key, valid)
+   for _, name in ipairs(valid) do
+      if config[key] == name then
+         return
+      end
+   end
+   error(string.format("%s: --%s is '%s' (expected one of %s)", recipe_name, key,
+      tostring(config[key]), table.concat(valid, ', ')), 0)
+end
+
 -- Checks that the list config[key] is non-empty, has no repeats and holds only `valid` names.
 function M.check_choices(recipe_name, config, key, valid)
    local list = config[key]
