@@ -55,13 +55,18 @@ endif
 .PHONY: all deps deps-test run test conformance bench test-gpu clean fixtures
 all: $(TARGETS) bin/mrt
 
-# The compiler and flags in use, rewritten only when they change, so objects
-# built before `make deps` installed oneDNN are rebuilt with it.
+# The compilers and flags in use. The stamp is rewritten only when they
+# change, so objects built before `make deps` installed oneDNN are rebuilt
+# with it, and nothing else is.
 FLAGS_STAMP := $(BUILD)/flags.txt
-FLAGS_NOW   := $(CC) $(CFLAGS) $(LDLIBS)
-ifneq ($(shell cat $(FLAGS_STAMP) 2>/dev/null),$(FLAGS_NOW))
-$(shell mkdir -p $(BUILD) && echo '$(FLAGS_NOW)' > $(FLAGS_STAMP))
-endif
+FLAGS_NOW   := $(CC) $(CFLAGS) $(LDLIBS) $(NVCC) $(NVCCFLAGS)
+
+.PHONY: FORCE
+FORCE:
+
+$(FLAGS_STAMP): FORCE
+	@mkdir -p $(@D)
+	@echo '$(FLAGS_NOW)' | cmp -s - $@ || echo '$(FLAGS_NOW)' > $@
 
 $(BUILD)/engine/%.o: engine/%.c $(HEADERS) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
@@ -79,7 +84,8 @@ $(BUILD)/cuda/%.o: engine/cuda/%.c $(HEADERS) $(wildcard engine/cuda/*.h) $(FLAG
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include -c $< -o $@
 
-$(BUILD)/kernels/%.o: kernels/%.cu $(HEADERS) $(wildcard kernels/*.cuh engine/cuda/*.h)
+$(BUILD)/kernels/%.o: kernels/%.cu $(HEADERS) $(wildcard kernels/*.cuh engine/cuda/*.h) \
+                      $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -I$(CUDA_HOME)/include -c $< -o $@
 
