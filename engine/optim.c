@@ -1,7 +1,8 @@
 /*
  * optim.c: the fused optimizer updates of mrt_optim.h: argument checks in the
  * public wrappers, then the CPU implementations (mrt_cpu_*), one OpenMP pass
- * over the elements each.
+ * over the elements each, after a serial check of per-element counts where
+ * they are given.
  *
  * Arithmetic is float32 in PyTorch 1.13's order of operations (torch.optim
  * _single_tensor_sgd and _single_tensor_adam), so a step agrees with PyTorch
@@ -53,6 +54,15 @@ static int check_range(const char *fn, const char *name, double v, double lo, do
     return MRT_OK;
 }
 
+/* Fails unless 0 <= v < 1, as Adam's betas must be. */
+static int check_beta(const char *fn, const char *name, float v)
+{
+    if (!(v >= 0.0f && v < 1.0f))
+        return mrt_fail(MRT_EINVAL, "%s: %s is %g (expected a number in [0, 1))", fn, name,
+                        (double)v);
+    return MRT_OK;
+}
+
 static int check_flag(const char *fn, const char *name, int32_t v)
 {
     if (v != 0 && v != 1)
@@ -79,8 +89,8 @@ static int check_sgd_params(const char *fn, const mrt_sgd_params *p)
     if (p->mask != NULL)
         MRT_TRY(check_flag(fn, "mask_on", p->mask_on));
     if (!p->update_buffer && p->nesterov && p->direction == NULL)
-        return mrt_fail(MRT_EINVAL, "%s: a drift step (update_buffer 0) with nesterov momentum "
-                        "needs the stored direction: set p->direction", fn);
+        return mrt_fail(MRT_EINVAL, "%s: missing array 'direction' (needed for a drift step, "
+                        "update_buffer 0, with nesterov)", fn);
     return MRT_OK;
 }
 
@@ -101,8 +111,6 @@ int mrt_sgd_update(mrt_ctx *ctx, float *theta, const float *grad, float *buffer,
     if (buffer == NULL && n > 0 && (p->momentum != 0.0f || !p->update_buffer))
         return mrt_fail(MRT_EINVAL, "%s: missing array 'buffer' (needed when momentum is %g "
                         "and update_buffer is %d)", fn, p->momentum, (int)p->update_buffer);
-    if (p->nesterov && p->direction != NULL)
-        MRT_TRY(check_ptr(fn, "direction", p->direction, n));
     if (p->noise_std > 0.0f && p->update_buffer && rng == NULL)
         return mrt_fail(MRT_EINVAL, "%s: noise_std is %g but no generator 'rng' was given", fn,
                         p->noise_std);
@@ -120,8 +128,8 @@ int mrt_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m, flo
     if (p == NULL)
         return mrt_fail(MRT_EINVAL, "%s: missing parameters 'p'", fn);
     MRT_TRY(check_range(fn, "lr", p->lr, 0.0, INFINITY));
-    MRT_TRY(check_range(fn, "beta1", p->beta1, 0.0, nextafter(1.0, 0.0)));
-    MRT_TRY(check_range(fn, "beta2", p->beta2, 0.0, nextafter(1.0, 0.0)));
+    MRT_TRY(check_beta(fn, "beta1", p->beta1));
+    MRT_TRY(check_beta(fn, "beta2", p->beta2));
     MRT_TRY(check_range(fn, "eps", p->eps, 0.0, INFINITY));
     MRT_TRY(check_range(fn, "weight_decay", p->weight_decay, 0.0, INFINITY));
     MRT_TRY(check_flag(fn, "decoupled", p->decoupled));
@@ -194,6 +202,33 @@ int mrt_masked_sgd(mrt_ctx *ctx, float *theta, const float *grad, const float *m
 
 /* ---- CPU implementations ---------------------------------------------------- */
 
+/* Counts are whole numbers below 2^24, so adding 1 in float is exact. */
+#define COUNT_LIMIT 16777216.0
+
+/*
+ * Fails unless every count of an element in the part is a whole number in
+ * [0, 2^24 - 1), so that an update keeps it exact. Sets *lo and *hi to the smallest and largest such count, or
+ * *lo > *hi when the mask selects no element.
+ */
+static int check_counts(const char *fn, const float *counts, const float *mask, int on,
+                        int64_t n, double *lo, double *hi)
+{
+    *lo = INFINITY;
+    *hi = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        if (mask != NULL && (mask[i] != 0.0f) != on)
+            continue;
+        const double c = isnan(counts[i]) ? NAN : counts[i];   /* prints "nan", not "-nan" */
+        if (!(c >= 0.0 && c < COUNT_LIMIT - 1.0) || c != floor(c))
+            return mrt_fail(MRT_EINVAL, "%s: counts[%lld] is %g (expected the element's "
+                            "update count, a whole number in [0, 2^24 - 1))", fn, (long long)i,
+                            c);
+        *lo = c < *lo ? c : *lo;
+        *hi = c > *hi ? c : *hi;
+    }
+    return MRT_OK;
+}
+
 /*
  * One SGD pass over [0, n) with an optional precomputed noise array. The
  * branches on the flags are loop-invariant, so the compiler hoists them.
@@ -207,8 +242,10 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
     const int update = p->update_buffer, apply = p->apply, nesterov = p->nesterov;
     const float *mask = p->mask;
     const int on = p->mask_on != 0;
+    float *const counts = p->counts;
 
-    if (update && apply && buffer != NULL && noise == NULL && !nesterov && mask == NULL) {
+    if (update && apply && buffer != NULL && noise == NULL && !nesterov && mask == NULL
+        && counts == NULL) {
 #pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
         for (int64_t i = 0; i < n; i++) {
             const float t = theta[i], old = buffer[i];
@@ -226,10 +263,13 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
         for (int64_t i = 0; i < n; i++) {
             const int keep = (mask[i] != 0.0f) == on;
             const float t = theta[i], old = buffer != NULL ? buffer[i] : 0.0f;
+            const float count = counts != NULL ? counts[i] : 1.0f;
             const float g = wd != 0.0f ? grad[i] + wd * t : grad[i];
-            const float b = first ? g : mu * old + damp * g;
+            const float b = first || count == 0.0f ? g : mu * old + damp * g;
             if (buffer != NULL)
                 buffer[i] = keep ? b : old;
+            if (counts != NULL)
+                counts[i] = keep ? count + 1.0f : count;
             theta[i] = keep ? t - lr * b : t;
         }
         return;
@@ -256,7 +296,8 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
             if (noise != NULL)
                 g = g + std * noise[i];
             if (buffer != NULL) {
-                float b = first ? g : mu * buffer[i] + damp * g;
+                const int fresh = first || (counts != NULL && counts[i] == 0.0f);
+                float b = fresh ? g : mu * buffer[i] + damp * g;
                 buffer[i] = b;
                 dir = nesterov ? g + mu * b : b;
                 if (stored != NULL)
@@ -264,6 +305,8 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
             } else {
                 dir = g;
             }
+            if (counts != NULL)
+                counts[i] = counts[i] + 1.0f;
         } else {
             dir = stored != NULL ? stored[i] : buffer[i];
         }
@@ -275,6 +318,11 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
 int mrt_cpu_sgd_update(mrt_ctx *ctx, float *theta, const float *grad, float *buffer, int64_t n,
                        const mrt_sgd_params *p, mrt_rng *rng)
 {
+    if (p->counts != NULL && p->update_buffer) {
+        double lo, hi;
+        MRT_TRY(check_counts("mrt_sgd_update", p->counts, p->mask, p->mask_on != 0, n, &lo,
+                             &hi));
+    }
     if (p->noise_std == 0.0f || !p->update_buffer) {
         sgd_pass(theta, grad, buffer, NULL, n, p);
         return MRT_OK;
@@ -289,6 +337,7 @@ int mrt_cpu_sgd_update(mrt_ctx *ctx, float *theta, const float *grad, float *buf
         mrt_rng_fill_normal(rng, noise, m, 0.0f, 1.0f);
         chunk.direction = p->direction != NULL ? p->direction + base : NULL;
         chunk.mask = p->mask != NULL ? p->mask + base : NULL;
+        chunk.counts = p->counts != NULL ? p->counts + base : NULL;
         sgd_pass(theta + base, grad + base, buffer != NULL ? buffer + base : NULL, noise, m,
                  &chunk);
     }
@@ -325,15 +374,12 @@ int mrt_cpu_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m,
     if (counts == NULL) {
         adam_factors(p, (double)p->step, &step_size, &bc2_sqrt);
     } else {
-        double hi = 0.0;
-        lo = INFINITY;
-        for (int64_t i = 0; i < n; i++) {
-            if (mask != NULL && (mask[i] != 0.0f) != on)
-                continue;
-            const double c = (double)counts[i] + update;
-            lo = c < lo ? c : lo;
-            hi = c > hi ? c : hi;
-        }
+        double hi;
+        MRT_TRY(check_counts("mrt_adam_update", counts, mask, on, n, &lo, &hi));
+        if (lo > hi)
+            return MRT_OK;              /* the mask selects no element */
+        lo += update;
+        hi += update;
         if (hi - lo < ADAM_TABLE) {
             span = (int)(hi - lo) + 1;
             for (int j = 0; j < span; j++)
@@ -344,7 +390,7 @@ int mrt_cpu_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m,
     for (int64_t i = 0; i < n; i++) {
         if (mask != NULL && (mask[i] != 0.0f) != on)
             continue;
-        float ss = step_size, bc = bc2_sqrt;
+        float element_step = step_size, element_bc2 = bc2_sqrt;
         if (counts != NULL) {
             const double c = (double)counts[i] + update;
             if (c == 0.0)
@@ -352,10 +398,10 @@ int mrt_cpu_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m,
             if (update)
                 counts[i] = (float)c;
             if (span > 0) {
-                ss = table_step[(int)(c - lo)];
-                bc = table_bc2[(int)(c - lo)];
+                element_step = table_step[(int)(c - lo)];
+                element_bc2 = table_bc2[(int)(c - lo)];
             } else {
-                adam_factors(p, c, &ss, &bc);
+                adam_factors(p, c, &element_step, &element_bc2);
             }
         }
         float t = theta[i];
@@ -369,8 +415,8 @@ int mrt_cpu_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m,
             v[i] = b2 * v[i] + (1.0f - b2) * g * g;
         }
         if (p->apply) {
-            float denom = sqrtf(v[i]) / bc + eps;
-            t = t - ss * (m[i] / denom);
+            float denom = sqrtf(v[i]) / element_bc2 + eps;
+            t = t - element_step * (m[i] / denom);
         }
         theta[i] = t;
     }

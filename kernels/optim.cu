@@ -31,7 +31,8 @@ __global__ void sgd_update_kernel(float *theta, const float *grad, float *buffer
         const float z = noisy ? (float)mrt_philox_normal(seed, counter + 2 * (uint64_t)i) : 0.0f;
         mrt_sgd_element(&theta[i], p.update_buffer ? &grad[i] : NULL,
                         buffer != NULL ? &buffer[i] : NULL,
-                        p.direction != NULL ? &p.direction[i] : NULL, p, z);
+                        p.direction != NULL ? &p.direction[i] : NULL,
+                        p.counts != NULL ? &p.counts[i] : NULL, p, z);
     }
 }
 

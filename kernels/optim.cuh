@@ -15,18 +15,32 @@
 #include "portable.cuh"
 
 /*
+ * True for a valid per-element update count: a whole number in [0, 2^24 - 1).
+ * The CPU backend reports any other count as an error; a kernel cannot, so
+ * it leaves that element alone.
+ */
+MRT_HD int mrt_count_ok(float count)
+{
+    return count >= 0.0f && count < 16777215.0f && count == floorf(count);
+}
+
+/*
  * One SGD element, as the CPU backend's sgd_pass. buffer may be NULL only
  * with update_buffer and momentum 0, and the step is then along g. A buffer
  * given with momentum 0 stores g. stored is the element of p.direction
  * (NULL when there is none): with nesterov, an update writes the direction
- * there and a drift step goes along it. z is the element's standard normal,
- * already rounded to float, read only when noise_std > 0.
+ * there and a drift step goes along it. count is the element of p.counts
+ * (or NULL): its first update is the one that finds it at 0. z is the
+ * element's standard normal, already rounded to float, read only when
+ * noise_std > 0.
  */
 MRT_HD void mrt_sgd_element(float *theta, const float *grad, float *buffer, float *stored,
-                            const mrt_sgd_params &p, float z)
+                            float *count, const mrt_sgd_params &p, float z)
 {
     const float th = *theta;
-    const int first = p.first || p.momentum == 0.0f;
+    if (count != NULL && p.update_buffer && !mrt_count_ok(*count))
+        return;
+    const int first = p.first || p.momentum == 0.0f || (count != NULL && *count == 0.0f);
     float direction;
 
     if (p.update_buffer) {
@@ -44,6 +58,8 @@ MRT_HD void mrt_sgd_element(float *theta, const float *grad, float *buffer, floa
         } else {
             direction = g;
         }
+        if (count != NULL)
+            *count = *count + 1.0f;
     } else if (p.nesterov && stored != NULL) {
         direction = *stored;    /* a drift step along the stored nesterov direction */
     } else {
@@ -88,6 +104,8 @@ MRT_HD void mrt_adam_element(float *theta, const float *grad, float *m, float *v
 MRT_HD int mrt_adam_count(float *count, const mrt_adam_params &p, float *step_size,
                           float *bias2_sqrt)
 {
+    if (!mrt_count_ok(*count))
+        return 0;
     const double c = (double)*count + p.update_moments;
 
     if (c == 0.0)

@@ -353,7 +353,91 @@ describe('mrt_adam_update', function()
       assert.are.equal("mrt_adam_update: step is 0 (expected the update's index, from 1)",
          message())
       assert.are.equal(C.MRT_EINVAL, run(adam_params({ beta1 = 1 })))
-      assert.are.equal('mrt_adam_update: beta1 is 1 (expected a number in [0, 1])', message())
+      assert.are.equal('mrt_adam_update: beta1 is 1 (expected a number in [0, 1))', message())
+   end)
+end)
+
+describe('element masks and counts in the fused updates', function()
+   local MASK = { 1, 0, 1, 1, 0 }
+
+   it('moves only the elements whose mask is mask_on', function()
+      for _, on in ipairs({ 0, 1 }) do
+         local theta, th = vec(5, 0)
+         local grad = vec(5, 1)
+         local buffer, bv = vec(5, 2)
+         local mask = T.from_table(MASK, nil, 'cpu')
+         local p = sgd_params({ momentum = 0.9, mask = mask.c.data, mask_on = on })
+         assert.are.equal(0, C.mrt_sgd_update(ctx, theta.c.data, grad.c.data, buffer.c.data, 5,
+            p, nil))
+         local t, b = theta:totable(), buffer:totable()
+         for i = 1, 5 do
+            assert.are.equal(MASK[i] ~= on, t[i] == th[i], 'theta ' .. i)
+            assert.are.equal(MASK[i] ~= on, b[i] == bv[i], 'buffer ' .. i)
+         end
+      end
+   end)
+
+   it('starts an element\'s SGD buffer at its own first update', function()
+      -- Counts 0 and 3: the first element's buffer becomes g, the other's
+      -- mu*buffer + (1-dampening)*g; masked-out elements keep their counts.
+      for _, masked in ipairs({ false, true }) do
+         local theta = T.from_table({ 0, 0, 0 }, nil, 'cpu')
+         local grad = T.from_table({ 1, 1, 1 }, nil, 'cpu')
+         local buffer = T.from_table({ 5, 5, 5 }, nil, 'cpu')
+         local counts = T.from_table({ 0, 3, 0 }, nil, 'cpu')
+         local mask = T.from_table({ 1, 1, 0 }, nil, 'cpu')
+         local p = sgd_params({ momentum = 0.5, dampening = 0.25, counts = counts.c.data,
+            mask = masked and mask.c.data or nil, mask_on = 1 })
+         assert.are.equal(0, C.mrt_sgd_update(ctx, theta.c.data, grad.c.data, buffer.c.data, 3,
+            p, nil))
+         local b, c = buffer:totable(), counts:totable()
+         assert.are.equal(1, b[1])
+         assert.are.equal(0.5 * 5 + 0.75, b[2])
+         assert.are.same(masked and { 1, 4, 0 } or { 1, 4, 1 }, c)
+         assert.are.equal(masked and 5 or 1, b[3])
+      end
+   end)
+
+   it('leaves Adam alone when the mask selects nothing', function()
+      local theta = T.from_table({ 1, 2 }, nil, 'cpu')
+      local m, v = T.zeros({ 2 }, 'cpu'), T.zeros({ 2 }, 'cpu')
+      local counts = T.from_table({ 0, 0 }, nil, 'cpu')
+      local mask = T.from_table({ 1, 1 }, nil, 'cpu')
+      local p = adam_params({ step = 0, counts = counts.c.data, mask = mask.c.data,
+         mask_on = 0 })
+      assert.are.equal(0, C.mrt_adam_update(ctx, theta.c.data, theta.c.data, m.c.data, v.c.data,
+         2, p))
+      assert.are.same({ 1, 2 }, theta:totable())
+      assert.are.same({ 0, 0 }, counts:totable())
+   end)
+
+   it('rejects counts that are not update counts', function()
+      local t = T.zeros({ 2 }, 'cpu')
+      for _, bad in ipairs({ 0 / 0, -1, 2.5, 2 ^ 24 }) do
+         local counts = T.from_table({ 1, bad }, nil, 'cpu')
+         local p = adam_params({ counts = counts.c.data })
+         assert.are.equal(C.MRT_EINVAL, C.mrt_adam_update(ctx, t.c.data, t.c.data, t.c.data,
+            t.c.data, 2, p))
+         assert.matches("mrt_adam_update: counts[1] is " .. string.format('%g', bad)
+            .. " (expected the element's update count", message(), 1, true)
+         local q = sgd_params({ momentum = 0.9, counts = counts.c.data })
+         assert.are.equal(C.MRT_EINVAL, C.mrt_sgd_update(ctx, t.c.data, t.c.data, t.c.data, 2,
+            q, nil))
+         assert.matches('mrt_sgd_update: counts[1] is', message(), 1, true)
+      end
+   end)
+
+   it('rejects a mask_on other than 0 or 1 and a nesterov drift without its direction',
+      function()
+      local t = T.zeros({ 2 }, 'cpu')
+      local p = sgd_params({ mask = t.c.data, mask_on = 2 })
+      assert.are.equal(C.MRT_EINVAL, C.mrt_sgd_update(ctx, t.c.data, t.c.data, t.c.data, 2, p,
+         nil))
+      assert.are.equal('mrt_sgd_update: mask_on is 2 (expected 0 or 1)', message())
+      local q = sgd_params({ momentum = 0.9, nesterov = 1, update_buffer = 0 })
+      assert.are.equal(C.MRT_EINVAL, C.mrt_sgd_update(ctx, t.c.data, nil, t.c.data, 2, q, nil))
+      assert.are.equal("mrt_sgd_update: missing array 'direction' (needed for a drift step, "
+         .. 'update_buffer 0, with nesterov)', message())
    end)
 end)
 

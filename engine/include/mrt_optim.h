@@ -25,6 +25,7 @@ typedef struct mrt_sgd_params {
     float *direction;      /* optional n floats for nesterov's direction (see below) */
     const float *mask;     /* optional n floats, each 0 or 1 (see below) */
     int32_t mask_on;       /* with mask: only elements whose mask equals this (0 or 1) move */
+    float *counts;         /* optional n per-element update counts, in place of first */
 } mrt_sgd_params;
 
 /*
@@ -34,12 +35,20 @@ typedef struct mrt_sgd_params {
  * mu*buffer + (1-dampening)*g. apply steps along the buffer, or along
  * g + mu*buffer with nesterov. buffer may be NULL only when momentum is 0 and
  * update_buffer is 1, and the step is then along g. With update_buffer 0 (a
- * drift step that only applies the stored state) grad may be NULL. With
- * nesterov, p->direction (n floats at the same offset as buffer) stores the
- * direction g + mu*buffer when update_buffer is 1, and a drift step goes
- * along it; it is required for a drift step and ignored without nesterov. rng is needed only when noise_std > 0. The n normals are
- * drawn in element order, two 32-bit words each, so the generator advances
- * by 2n words.
+ * drift step that only applies the stored state) grad may be NULL.
+ *
+ * Optional arrays, n floats each at the same offset as buffer:
+ * - direction: with nesterov, an update stores g + mu*buffer there and a
+ *   drift step goes along it. A nesterov drift step needs it.
+ * - mask: an element whose mask is not mask_on keeps its theta, buffer,
+ *   direction and count (an element-mask part).
+ * - counts: each element's number of buffer updates, a whole number below
+ *   2^24. An element's first update is the one that finds its count at 0,
+ *   in place of p->first, and an update adds 1.
+ *
+ * rng is needed only when noise_std > 0. The n normals are drawn in element
+ * order, two 32-bit words each, also for masked-out elements, so the
+ * generator advances by 2n words.
  */
 int mrt_sgd_update(mrt_ctx *ctx, float *theta, const float *grad /* optional */,
                    float *buffer, int64_t n, const mrt_sgd_params *p, mrt_rng *rng /* optional */);
@@ -65,9 +74,11 @@ typedef struct mrt_adam_params {
  * part does between its updates. AdamW's decoupled decay acts on every apply.
  * With p->mask, an element whose mask is not mask_on keeps its theta, m, v
  * and count. With p->counts, each element's bias correction uses its own
- * count of moment updates (incremented by an update, exact up to 2^24)
+ * count of moment updates (a whole number below 2^24, and an update adds 1)
  * instead of step, and an element whose count is still 0 does not move: an
- * element that joins a part late starts its bias correction from 1.
+ * element that joins a part late starts its bias correction from 1. A count
+ * that is not such a number is an error (on CUDA that element is left
+ * alone, because the kernel cannot report it).
  */
 int mrt_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m, float *v,
                     int64_t n, const mrt_adam_params *p);
@@ -79,8 +90,10 @@ int mrt_average(mrt_ctx *ctx, float *dst, const float *const *srcs, int count, i
 int mrt_mask_mul(mrt_ctx *ctx, float *y, const float *mask, int64_t n);
 
 /*
- * theta := theta - lr_a*g where mask is 0 and theta - lr_b*g where mask is 1
- * (the random-subgroup update), with g = grad + weight_decay*theta.
+ * theta := theta - lr_a*g where mask is 0 and theta - lr_b*g where mask is 1,
+ * with g = grad + weight_decay*theta: plain SGD with two step sizes in one
+ * pass. (optim.subgroups uses mrt_sgd_update with masks, which also covers
+ * momentum.)
  */
 int mrt_masked_sgd(mrt_ctx *ctx, float *theta, const float *grad, const float *mask, int64_t n,
                    float lr_a, float lr_b, float weight_decay);

@@ -112,10 +112,19 @@ static void check_normals(void)
 
 /* ---- optimizers ---------------------------------------------------------- */
 
-enum { OPT_N = 1000 };
+/* More elements than the CPU backend's noise chunk (65536), so its chunked path runs. */
+enum { OPT_N = 70000 };
+
+/* Optional arrays an update case passes, as bits. */
+enum {
+    WITH_MASK = 1,          /* mask: every third element is 1 */
+    WITH_COUNTS = 2,        /* counts: 0 to 22, so some elements have their first update */
+    WIDE_COUNTS = 4,        /* counts: 0 to 4999, beyond the CPU's table of Adam factors */
+    MASK_NONE = 8           /* mask: all 1 with mask_on 0, so no element is in the part */
+};
 
 /* One SGD configuration: CPU backend against mrt_sgd_element with Philox noise. */
-static void check_sgd_case(mrt_ctx *ctx, const mrt_sgd_params *p, int with_buffer)
+static void check_sgd_case(mrt_ctx *ctx, const mrt_sgd_params *p, int with_buffer, int arrays)
 {
     static float theta0[OPT_N], grad[OPT_N], buffer0[OPT_N], direction0[OPT_N];
     static float theta_cpu[OPT_N], buffer_cpu[OPT_N], theta_k[OPT_N], buffer_k[OPT_N];
@@ -133,12 +142,15 @@ static void check_sgd_case(mrt_ctx *ctx, const mrt_sgd_params *p, int with_buffe
     memcpy(buffer_cpu, buffer0, sizeof buffer0);
     memcpy(theta_k, theta0, sizeof theta0);
     memcpy(buffer_k, buffer0, sizeof buffer0);
-    static float mask[OPT_N];
-    for (int64_t i = 0; i < OPT_N; i++)
+    static float mask[OPT_N], counts_cpu[OPT_N], counts_k[OPT_N];
+    for (int64_t i = 0; i < OPT_N; i++) {
         mask[i] = (float)(i % 3 == 0);
+        counts_cpu[i] = counts_k[i] = (float)(i % 23);
+    }
     const uint64_t counter0 = rng_cpu.counter;
     mrt_sgd_params q = *p;
-    q.mask = p->mask != NULL ? mask : NULL;
+    q.mask = arrays & WITH_MASK ? mask : NULL;
+    q.counts = arrays & WITH_COUNTS ? counts_cpu : NULL;
     q.direction = p->nesterov ? direction_cpu : NULL;
 
     if (mrt_sgd_update(ctx, theta_cpu, p->update_buffer ? grad : NULL,
@@ -154,17 +166,20 @@ static void check_sgd_case(mrt_ctx *ctx, const mrt_sgd_params *p, int with_buffe
         float z = noisy ? (float)mrt_philox_normal(7, counter0 + 2 * (uint64_t)i) : 0.0f;
         mrt_sgd_element(&theta_k[i], p->update_buffer ? &grad[i] : NULL,
                         with_buffer ? &buffer_k[i] : NULL,
-                        p->nesterov ? &direction_k[i] : NULL, *p, z);
+                        p->nesterov ? &direction_k[i] : NULL,
+                        q.counts != NULL ? &counts_k[i] : NULL, q, z);
     }
     snprintf(name, sizeof name, "sgd mu=%g damp=%g nesterov=%d wd=%g noise=%g first=%d "
-             "update_buffer=%d apply=%d buffer=%d mask=%d", p->momentum, p->dampening,
-             p->nesterov, p->weight_decay, p->noise_std, p->first, p->update_buffer, p->apply,
-             with_buffer, p->mask != NULL ? 1 + p->mask_on : 0);
+             "update_buffer=%d apply=%d buffer=%d arrays=%d mask_on=%d", p->momentum,
+             p->dampening, p->nesterov, p->weight_decay, p->noise_std, p->first,
+             p->update_buffer, p->apply, with_buffer, arrays, p->mask_on);
     compare(name, theta_k, theta_cpu, OPT_N);
     if (with_buffer)
         compare("  ... its buffer", buffer_k, buffer_cpu, OPT_N);
     if (p->nesterov)
         compare("  ... its stored direction", direction_k, direction_cpu, OPT_N);
+    if (q.counts != NULL)
+        compare("  ... its counts", counts_k, counts_cpu, OPT_N);
     const uint64_t expected = counter0 + (noisy ? 2 * (uint64_t)OPT_N : 0);
     report("  ... its generator counter", rng_cpu.counter == expected ? -1 : 0,
            (double)rng_cpu.counter, (double)expected);
@@ -202,20 +217,21 @@ static void check_sgd(mrt_ctx *ctx)
             continue;
         if (!with_buffer && (p.momentum != 0.0f || !update))
             continue;
-        check_sgd_case(ctx, &p, with_buffer);
-        /* Element masks: only the elements whose mask is mask_on move. */
-        if (momenta[a] != 0.0f && c == 1 && first == 0)
+        check_sgd_case(ctx, &p, with_buffer, 0);
+        /* Element masks (only the elements whose mask is mask_on move) and counts. */
+        if (momenta[a] != 0.0f && c == 1 && first == 0) {
             for (int on = 0; on < 2; on++) {
-                static const float marker = 1.0f;
-                p.mask = &marker;        /* check_sgd_case supplies the real mask */
                 p.mask_on = on;
-                check_sgd_case(ctx, &p, with_buffer);
-                p.mask = NULL;
+                check_sgd_case(ctx, &p, with_buffer, WITH_MASK);
+                check_sgd_case(ctx, &p, with_buffer, WITH_MASK | WITH_COUNTS);
             }
+            p.mask_on = 0;
+            check_sgd_case(ctx, &p, with_buffer, WITH_COUNTS);
+        }
     }
 }
 
-static void check_adam_case(mrt_ctx *ctx, const mrt_adam_params *p)
+static void check_adam_case(mrt_ctx *ctx, const mrt_adam_params *p, int arrays)
 {
     static float theta_cpu[OPT_N], m_cpu[OPT_N], v_cpu[OPT_N], grad[OPT_N];
     static float theta_k[OPT_N], m_k[OPT_N], v_k[OPT_N];
@@ -225,13 +241,12 @@ static void check_adam_case(mrt_ctx *ctx, const mrt_adam_params *p)
     mrt_adam_params q = *p;
 
     for (int64_t i = 0; i < OPT_N; i++) {
-        mask[i] = (float)(i % 3 == 0);
-        counts_cpu[i] = counts_k[i] = (float)(i % 23);   /* 0 (no moments yet) to 22 */
+        mask[i] = arrays & MASK_NONE ? 1.0f : (float)(i % 3 == 0);
+        counts_cpu[i] = counts_k[i] = (float)(i % (arrays & WIDE_COUNTS ? 5000 : 23));
     }
-    if (p->mask != NULL)
-        q.mask = mask;
-    if (p->counts != NULL)
-        q.counts = counts_cpu;
+    q.mask = arrays & (WITH_MASK | MASK_NONE) ? mask : NULL;
+    q.mask_on = arrays & MASK_NONE ? 0 : p->mask_on;
+    q.counts = arrays & (WITH_COUNTS | WIDE_COUNTS) ? counts_cpu : NULL;
     fill_uniform(&data, theta_cpu, OPT_N, -1.0f, 1.0f);
     fill_uniform(&data, grad, OPT_N, -1.0f, 1.0f);
     fill_uniform(&data, m_cpu, OPT_N, -0.1f, 0.1f);
@@ -256,9 +271,8 @@ static void check_adam_case(mrt_ctx *ctx, const mrt_adam_params *p)
                          step_size, bias2_sqrt, f.decay);
     }
     snprintf(name, sizeof name, "adam decoupled=%d wd=%g step=%lld update_moments=%d apply=%d "
-             "mask=%d counts=%d", p->decoupled, p->weight_decay, (long long)p->step,
-             p->update_moments, p->apply, p->mask != NULL ? 1 + p->mask_on : 0,
-             p->counts != NULL);
+             "arrays=%d mask_on=%d", p->decoupled, p->weight_decay, (long long)p->step,
+             p->update_moments, p->apply, arrays, q.mask_on);
     compare(name, theta_k, theta_cpu, OPT_N);
     compare("  ... its m", m_k, m_cpu, OPT_N);
     compare("  ... its v", v_k, v_cpu, OPT_N);
@@ -289,17 +303,18 @@ static void check_adam(mrt_ctx *ctx)
         p.step = steps[s];
         p.update_moments = update;
         p.apply = apply;
-        check_adam_case(ctx, &p);
-        /* Per-element counts and element masks (check_adam_case supplies the arrays). */
-        static float marker = 1.0f;
-        for (int variant = 0; variant < 3 && s == 1; variant++) {
-            p.counts = &marker;
-            p.mask = variant > 0 ? &marker : NULL;
-            p.mask_on = variant == 2;
-            check_adam_case(ctx, &p);
+        check_adam_case(ctx, &p, 0);
+        if (s == 1) {
+            for (int on = 0; on < 2; on++) {
+                p.mask_on = on;
+                check_adam_case(ctx, &p, WITH_MASK);
+                check_adam_case(ctx, &p, WITH_MASK | WITH_COUNTS);
+            }
+            p.mask_on = 0;
+            check_adam_case(ctx, &p, WITH_COUNTS);
+            check_adam_case(ctx, &p, WIDE_COUNTS);
+            check_adam_case(ctx, &p, MASK_NONE | WITH_COUNTS);
         }
-        p.counts = NULL;
-        p.mask = NULL;
     }
 }
 
