@@ -584,7 +584,9 @@ describe('optim.multirate options', function()
          .. 'momentum 0 and dampening 0')
       assert.has_error(function() optim.multirate(model, { lr = 1, k = 2, fast = '^fc3',
          slow = '^fc3%.b' }) end,
-         "optim.multirate: parameter 'fc3.bias' is in both part 'slow' and part 'fast'")
+         "optim.multirate: parameter 'fc3.bias' is in both part 'slow' and part 'fast' (two "
+         .. 'parts share a parameter only as a masked part and its complement, see '
+         .. 'partition.complement)')
    end)
 
    it('rejects overlapping masked parts', function()
@@ -592,7 +594,13 @@ describe('optim.multirate options', function()
       local a = partition.part(model, { '^fc1%.w', random = { prob = 0.5, seed = 1 } }, 'a')
       local b = partition.part(model, { '^fc1%.w', random = { prob = 0.5, seed = 2 } }, 'b')
       assert.has_error(function() optim.multirate(model, { lr = 1, k = 2, slow = a, fast = b })
-      end, "optim.multirate: parameter 'fc1.weight' is in both part 'a' and part 'b'")
+      end, "optim.multirate: parameter 'fc1.weight' is in both part 'a' and part 'b' (two "
+         .. 'parts share a parameter only as a masked part and its complement, see '
+         .. 'partition.complement)')
+      local c = partition.part(model, '^fc2%.', 'a')
+      assert.has_error(function() optim.multirate(model, { lr = 1, k = 2, slow = a, fast = c })
+      end, "optim.multirate: two parts are named 'a'; give each part its own name (the third "
+         .. 'argument of partition.part, or partition.new)')
    end)
 
    it('rejects a complement as the subgroups part', function()
@@ -636,7 +644,7 @@ local function element_step(st, i, theta, g, lr, s)
    end
    local d = g
    if (s.mu or 0) ~= 0 then
-      st.b[i] = st.b[i] and s.mu * st.b[i] + g or g
+      st.b[i] = st.b[i] and s.mu * st.b[i] + (1 - (s.damp or 0)) * g or g
       d = st.b[i]
    end
    return theta - lr * d
@@ -797,7 +805,8 @@ describe('optim.multirate with element-mask parts', function()
 
    -- float64 multirate with drift whose slow elements are random masks
    -- redrawn at each block start; s.adam puts Adam with per-element counts
-   -- on the slow part.
+   -- on the slow part, s.damp sets SGD's dampening, and s.masked_fast makes
+   -- the masked elements the fast ones and the rest slow.
    local function ref_random(theta, s)
       theta = { unpack(theta) }
       local draw = mask_drawer(s.seed, { { 4, 3 }, { 2, 4 } }, { 0.8, 0.5 })
@@ -816,21 +825,25 @@ describe('optim.multirate with element-mask parts', function()
                   fast[#fast + 1] = i
                end
             end
+            if s.masked_fast then
+               slow, fast = fast, slow
+            end
          end
          local g = grads(theta, t)
+         local damp = 1 - (s.damp or 0)
          if t % s.k == 0 then
             dir = {}
             for _, i in ipairs(slow) do
                if s.adam then   -- the step per unit of lr, from the updated moments
                   dir[i] = theta[i] - element_step(st_s, i, theta[i], g[i], 1, s)
                else
-                  st_s.b[i] = s.mu * (st_s.b[i] or 0) + g[i]
+                  st_s.b[i] = st_s.b[i] and s.mu * st_s.b[i] + damp * g[i] or g[i]
                   dir[i] = st_s.b[i]
                end
             end
          end
          for _, i in ipairs(fast) do
-            pf[i] = s.mu * (pf[i] or 0) + g[i]
+            pf[i] = pf[i] and s.mu * pf[i] + damp * g[i] or g[i]
             theta[i] = theta[i] - s.h / s.k * pf[i]
          end
          for _, i in ipairs(slow) do
@@ -854,6 +867,20 @@ describe('optim.multirate with element-mask parts', function()
          parts = { slow = { optimizer = 'adam', lr = 0.03 } } }), m2, 11)
       all_close(m2.flat.params:totable(), ref_random(theta0, { h = 0.6, slow_lr = 0.03, k = 3,
          mu = 0.9, seed = 9, steps = 11, adam = true }), 'adam')
+      local m3 = toy_model()
+      run(optim.multirate(m3, { lr = 0.6, k = 3, momentum = 0.9, dampening = 0.5,
+         slow = { random = { prob = PROB, seed = 9 } } }), m3, 11)
+      all_close(m3.flat.params:totable(), ref_random(theta0, { h = 0.6, slow_lr = 0.6, k = 3,
+         mu = 0.9, damp = 0.5, seed = 9, steps = 11 }), 'dampening')
+   end)
+
+   it('redraws a random fast part per slow block', function()
+      local model = toy_model()
+      local theta0 = model.flat.params:totable()
+      run(optim.multirate(model, { lr = 0.6, k = 3, momentum = 0.9,
+         fast = { random = { prob = PROB, seed = 9 } } }), model, 11)
+      all_close(model.flat.params:totable(), ref_random(theta0, { h = 0.6, slow_lr = 0.6, k = 3,
+         mu = 0.9, seed = 9, steps = 11, masked_fast = true }), 'theta')
    end)
 
    it('resumes a random split bit-identically in the middle of a block', function()
@@ -951,17 +978,26 @@ describe('optim.subgroups', function()
    end)
 
    it('follows the definition with SGD momentum as its base', function()
-      local model = toy_model()
-      local theta0 = model.flat.params:totable()
-      run(optim.subgroups(model, { lr = 0.1, k = 3, prob = PROB, seed = 9, momentum = 0.9,
-         weight_decay = 0.01 }), model, 11)
-      local expected = ref_subgroups(theta0, { h = 0.1, k = 3, seed = 9, wd = 0.01, steps = 11,
-         mu = 0.9 })
-      all_close(model.flat.params:totable(), expected, 'theta')
+      for _, damp in ipairs({ 0, 0.5 }) do
+         local model = toy_model()
+         local theta0 = model.flat.params:totable()
+         run(optim.subgroups(model, { lr = 0.1, k = 3, prob = PROB, seed = 9, momentum = 0.9,
+            dampening = damp, weight_decay = 0.01 }), model, 11)
+         local expected = ref_subgroups(theta0, { h = 0.1, k = 3, seed = 9, wd = 0.01,
+            steps = 11, mu = 0.9, damp = damp })
+         all_close(model.flat.params:totable(), expected, 'dampening ' .. damp)
+      end
    end)
 
-   it('follows the definition with Adam as its base, counting each element\'s steps',
-      function()
+   it('rejects trained parameters with element masks', function()
+      local model = toy_model()
+      local masked = partition.part(model, { '^fc1%.w', random = { prob = 0.5 } }, 'masked')
+      assert.has_error(function() optim.subgroups(model, { lr = 0.1, k = 2, prob = 0.5,
+         params = masked }) end, "optim.subgroups: option 'params': part 'masked' has element "
+         .. "masks; give whole parameters there and the masks in 'slow' or 'prob'")
+   end)
+
+   it('follows the definition with Adam as its base', function()
       local model = toy_model()
       local theta0 = model.flat.params:totable()
       local opt = optim.subgroups(model, { lr = 0.01, k = 3, prob = PROB, seed = 9,
@@ -980,13 +1016,13 @@ describe('optim.subgroups', function()
       assert.is_true(next(seen, next(seen)) ~= nil, 'counts of fc1.weight all equal')
    end)
 
-   it('takes k masked iterations and then the full one with full_step = extra', function()
+   it('adds the full step with full_step = extra', function()
       local model = toy_model()
       local theta0 = model.flat.params:totable()
       local opt = optim.subgroups(model, { lr = 0.1, k = 3, prob = PROB, seed = 9,
          full_step = 'extra' })
       local zeros = {}
-      run(opt, model, 10, nil, nil)
+      run(opt, model, 10)
       local expected = ref_subgroups(theta0, { h = 0.1, k = 3, seed = 9, wd = 0, steps = 10,
          extra = true })
       all_close(model.flat.params:totable(), expected, 'theta')

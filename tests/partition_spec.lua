@@ -223,6 +223,46 @@ describe('the rest beside a masked part', function()
       local plain = partition.complement(partition.part(model, '^fc3%.', 'head'), 'body')
       assert.are.equal('fc1.weight,fc1.bias,fc2.weight,fc2.bias', names(plain))
       assert.is_nil(plain.masks)
+      -- The complement of the rest is the masked part's elements again.
+      local back = partition.complement(rest, 'slow')
+      assert.are.equal('fc2.weight', names(back))
+      assert.are.equal(1, back.mask_list[1].on)
+      assert.are.equal(part.masks['fc2.weight'], back.masks['fc2.weight'])
+   end)
+
+   it('copies fixed masks and rejects masks without a single 1', function()
+      local model = toy_model()
+      local mask = T.from_table({ 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0 }, { 4, 3 }, 'cpu')
+      local part = partition.part(model, { masks = { ['fc1.weight'] = mask } }, 'slow')
+      assert.are_not.equal(mask, part.masks['fc1.weight'])
+      mask:fill(0)
+      assert.are.equal(1, part.masks['fc1.weight']:totable()[1])
+      assert.has_error(function()
+         partition.part(model, { masks = { ['fc1.weight'] = mask } }, 'slow')
+      end, "partition: part 'slow': every mask is 0, so the part has no element (set some "
+         .. 'elements to 1)')
+   end)
+
+   it('rejects probabilities that are not in [0, 1]', function()
+      local model = toy_model()
+      local function spec(prob)
+         return { random = { prob = prob } }
+      end
+      assert.has_error(function() partition.part(model, spec(0 / 0), 'r') end,
+         "partition: part 'r': random.prob is " .. tostring(0 / 0)
+         .. ' (expected a probability in [0, 1])')
+      assert.has_error(function() partition.part(model, spec({ ['^fc1'] = 0 / 0 }), 'r') end,
+         "partition: part 'r': random.prob['^fc1'] is " .. tostring(0 / 0)
+         .. ' (expected a map from name pattern to a probability in [0, 1])')
+      assert.has_error(function() partition.part(model, spec(function() return 2 end), 'r') end,
+         "partition: part 'r': random.prob returned 2 for 'fc1.weight' (expected a "
+         .. 'probability in [0, 1])')
+      assert.has_error(function() partition.part(model, spec(function() end), 'r') end,
+         "partition: part 'r': random.prob returned nil for 'fc1.weight' (expected a "
+         .. 'probability in [0, 1])')
+      assert.has_error(function() partition.part(model, spec({ ['[fc'] = 0.5 }), 'r') end,
+         "partition: part 'r': random.prob pattern '[fc' is not a valid Lua pattern "
+         .. "(malformed pattern (missing ']'))")
    end)
 end)
 

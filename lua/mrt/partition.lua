@@ -33,7 +33,7 @@
 --                                are selected.
 -- Each pattern must match some parameter and each part must select some
 -- parameter; a parameter in two parts is an error, except that the 'rest'
--- part takes the other elements of a parameter that a masked part holds
+-- part takes the other elements of a parameter in a masked part
 -- (the same mask, read the other way round: an element is in the rest
 -- where the mask is 0). Parameters in no part belong to none (optimizers
 -- leave them frozen). partition.complement(part) builds that rest for a
@@ -147,21 +147,38 @@ local function boundary_layers(list)
       input_name = layer_name(first), output_name = layer_name(last) }
 end
 
--- Returns prob(name, entry) for a random spec as a function.
+local function is_probability(p)
+   return type(p) == 'number' and p >= 0 and p <= 1
+end
+
+-- Returns prob(name, entry) for a random spec as a function that checks
+-- what a user function returns.
 local function probability_function(name, prob)
    if type(prob) == 'number' then
-      if prob < 0 or prob > 1 then
+      if not is_probability(prob) then
          fail("part '%s': random.prob is %s (expected a probability in [0, 1])", name,
             tostring(prob))
       end
       return function() return prob end
    elseif type(prob) == 'function' then
-      return prob
+      return function(pname, entry)
+         local p = prob(pname, entry)
+         if not is_probability(p) then
+            fail("part '%s': random.prob returned %s for '%s' (expected a probability in "
+               .. '[0, 1])', name, config.render(p), pname)
+         end
+         return p
+      end
    elseif type(prob) == 'table' then
       for pattern, p in pairs(prob) do
-         if type(pattern) ~= 'string' or type(p) ~= 'number' or p < 0 or p > 1 then
+         if type(pattern) ~= 'string' or not is_probability(p) then
             fail("part '%s': random.prob[%s] is %s (expected a map from name pattern to a "
                .. 'probability in [0, 1])', name, config.render(pattern), tostring(p))
+         end
+         local ok, err = pcall(string.find, '', pattern)
+         if not ok then
+            fail("part '%s': random.prob pattern '%s' is not a valid Lua pattern (%s)", name,
+               pattern, tostring(err):gsub('^.-: ', ''))
          end
       end
       local keys = config.sorted_keys(prob)
@@ -178,7 +195,8 @@ local function probability_function(name, prob)
       type(prob))
 end
 
--- Checks a fixed mask: a Tensor of the parameter's shape holding only 0 and 1.
+-- Checks a fixed mask, a Tensor of the parameter's shape holding only 0 and
+-- 1, and returns its number of ones.
 local function check_mask(name, pname, mask, entry)
    if type(mask) ~= 'table' or mask.c == nil then
       fail("part '%s': mask of '%s' is a %s (expected a Tensor)", name, pname, type(mask))
@@ -187,12 +205,15 @@ local function check_mask(name, pname, mask, entry)
       fail("part '%s': mask of '%s' has shape %s, expected %s", name, pname,
          T.shape_string(mask.shape), T.shape_string(entry.value.shape))
    end
+   local ones = 0
    for i, v in ipairs(mask:totable()) do
       if v ~= 0 and v ~= 1 then
          fail("part '%s': mask of '%s' has value %g at element %d (expected 0 or 1)", name, pname,
             v, i)
       end
+      ones = ones + v
    end
+   return ones
 end
 
 -- True when the parameter passes every criterion of the spec except patterns.
@@ -298,17 +319,22 @@ local function attach_masks(part, s, prob)
    end
    part.masks, part.mask_list = {}, {}
    local device = part.model.flat.params.device
+   local selected = 0
    for _, p in ipairs(part.entries) do
       local mask
       if s.masks ~= nil then
-         check_mask(part.name, p.name, s.masks[p.name], p.entry)
-         mask = s.masks[p.name]:to(device)
+         selected = selected + check_mask(part.name, p.name, s.masks[p.name], p.entry)
+         mask = s.masks[p.name]:to(device):clone()   -- the part's own, not the caller's
       else
          mask = T.zeros(p.entry.value.shape, device)
       end
       part.masks[p.name] = mask
       part.mask_list[#part.mask_list + 1] = { name = p.name, entry = p.entry, mask = mask,
          on = 1, prob = prob and prob(p.name, p.entry) }
+   end
+   if s.masks ~= nil and selected == 0 then
+      fail("part '%s': every mask is 0, so the part has no element (set some elements to 1)",
+         part.name)
    end
    if s.random ~= nil then
       part.rng = random.new(s.random_seed)
@@ -355,8 +381,8 @@ local function select(name, s, list, layers)
    return entries, prob
 end
 
--- Gives `part` the elements where `mask` is 0 of the parameters in `shared`
--- (a list of { name =, entry =, mask = }).
+-- Gives `part` the other elements of the parameters in `shared` (a list of
+-- { name =, entry =, mask =, on = }): those where the mask is not `on`.
 local function attach_complements(part, shared)
    if #shared == 0 then
       return
@@ -365,13 +391,13 @@ local function attach_complements(part, shared)
    for _, m in ipairs(shared) do
       part.masks[m.name] = m.mask
       part.mask_list[#part.mask_list + 1] = { name = m.name, entry = m.entry, mask = m.mask,
-         on = 0 }
+         on = 1 - m.on }
    end
 end
 
 -- The rest of the model: every parameter that `claimed` (entry -> part
 -- name) does not map, plus the other elements of those in `masked` (entry
--- -> { name =, entry =, mask = }).
+-- -> { name =, entry =, mask =, on = }).
 local function rest_part(model, name, claimed, masked)
    local entries, shared = {}, {}
    for _, p in ipairs(model.flat.list) do
@@ -391,19 +417,17 @@ local function rest_part(model, name, claimed, masked)
    return part
 end
 
--- The masks of a masked part as a map entry -> { name =, entry =, mask = }.
+-- The masks of a masked part as a map entry -> { name =, entry =, mask =, on = }.
 local function masks_by_entry(part, into)
    into = into or {}
    for _, m in ipairs(part.mask_list or {}) do
-      if m.on == 1 then
-         into[m.entry] = m
-      end
+      into[m.entry] = m
    end
    return into
 end
 
 -- Builds one part; `claimed` maps entries of other parts to their part
--- names and `masked` the entries that masked parts hold to their masks.
+-- names and `masked` the entries of masked parts to their masks.
 local function build_part(model, name, spec, claimed, masked)
    local s = normalize(name, spec)
    check_spec(name, s)
@@ -615,8 +639,8 @@ function Part:redraw()
    end
 end
 
--- True when the part holds the elements where some mask is 0 (a rest
--- beside a masked part).
+-- True when the part has the elements where some mask is 0 (a rest beside
+-- a masked part).
 function Part:has_complements()
    for _, m in ipairs(self.mask_list or {}) do
       if m.on == 0 then

@@ -1,12 +1,15 @@
 -- mrt.optim.base: the base optimizers that update one part of a flattened
 -- model (SGD, Adam, AdamW, Langevin), as "steppers" that the schemes
--- combine. A stepper owns its part's state (momentum buffer, or Adam's
--- moments and step counter) packed into buffers of the part's size, and
--- updates each merged range of the part with one fused engine call.
+-- combine. A stepper owns its part's state in buffers of the part's size:
+-- the SGD momentum buffer (and the last direction for nesterov on a
+-- drifting part), or Adam's moments and step counter, plus per-element
+-- update counts on a masked part. It updates each run of the part (a merged
+-- range, or one masked parameter, see Part:runs) with one fused engine call.
 --
--- Two verbs: update(lr, apply, divide) folds the part's current gradient
--- into the state and, when apply is true, steps the parameters by lr/divide
--- along it. apply(lr, divide) steps by lr/divide along the stored state
+-- Two verbs: update(lr, apply, divide, runs) folds the part's current
+-- gradient into the state and, when apply is true, steps the parameters by
+-- lr/divide along it (runs, optional, limits it to some of the part's
+-- runs). apply(lr, divide) steps by lr/divide along the stored state
 -- again without a gradient, which is the linear drift of a slow part
 -- between its updates. lr is the step per update of the part (Langevin
 -- derives its momentum and noise from it) and divide (default 1) the number
@@ -162,8 +165,9 @@ M.Stepper = Stepper
 -- A part with element masks updates only its elements (see Part:runs):
 -- the others keep their values and their state. An element's state is
 -- updated only while the element belongs to the part and is kept while it
--- is elsewhere. Adam counts the updates of each element of such a part, so
--- an element that joins a random part late has its own bias correction.
+-- is elsewhere. Such a part counts the updates of each element, so an
+-- element that joins a random part late has its own Adam bias correction
+-- and its own first SGD buffer update (which matters with dampening).
 function M.stepper(part, settings, opts)
    opts = opts or {}
    local flat = part.model.flat
@@ -187,6 +191,11 @@ function M.stepper(part, settings, opts)
    else
       if self.kind == 'langevin' or settings.momentum ~= 0 or opts.store then
          self.buffer = T.zeros({ n }, device)
+      end
+      -- With dampening, an element's first buffer update (buffer := g)
+      -- differs from later ones, so a masked part counts each element's.
+      if masked and self.buffer ~= nil and (settings.dampening or 0) ~= 0 then
+         self.counts = T.zeros({ n }, device)
       end
       -- A drifting nesterov part re-applies its last direction g + mu*buffer.
       if settings.nesterov and opts.store then
@@ -257,8 +266,10 @@ function Stepper:run(lr, divide, update, apply, runs)
       local p = self:sgd_params(lr, divide, update, apply)
       local buffer = self.buffer and self.buffer.c.data
       local direction = self.direction and self.direction.c.data
+      local counts = self.counts and self.counts.c.data
       for _, r in ipairs(runs or self.runs) do
          p.mask, p.mask_on = r.mask and r.mask.c.data or nil, r.on or 0
+         p.counts = counts and counts + r.state_offset or nil
          p.direction = direction and direction + r.state_offset or nil
          lib.check(C.mrt_sgd_update(ctx, params + r.offset, grads + r.offset,
             buffer and buffer + r.state_offset or nil, r.count, p, self.rng), 3)

@@ -46,10 +46,15 @@ M.Optimizer = Optimizer
 -- Fails when two levels share a parameter, unless one level has the
 -- elements where a mask is 1 and the other those where the same mask is 0.
 local function check_levels(fn, levels, level)
-   local owner = {}
+   local owner, names = {}, {}
    for _, lv in ipairs(levels) do
       local part = lv.part
       part:check_current(fn, level + 1)
+      if names[part.name] then
+         error(string.format("%s: two parts are named '%s'; give each part its own name (the "
+            .. 'third argument of partition.part, or partition.new)', fn, part.name), level + 1)
+      end
+      names[part.name] = true
       local masked = {}
       for _, m in ipairs(part.mask_list or {}) do
          masked[m.entry] = m
@@ -60,8 +65,9 @@ local function check_levels(fn, levels, level)
             local theirs = other.mask
             if mine == nil or theirs == nil or mine.mask ~= theirs.mask or mine.on == theirs.on
                   or other.shared then
-               error(string.format("%s: parameter '%s' is in both part '%s' and part '%s'", fn,
-                  p.name, other.name, part.name), level + 1)
+               error(string.format("%s: parameter '%s' is in both part '%s' and part '%s' (two "
+                  .. 'parts share a parameter only as a masked part and its complement, see '
+                  .. 'partition.complement)', fn, p.name, other.name, part.name), level + 1)
             end
             other.shared = true
          else
@@ -95,6 +101,25 @@ function M.new(model, levels, opts, level)
    for i = r, 1, -1 do
       levels[i].period = period
       period = period * (levels[i - 1] and levels[i - 1].k or 1)
+   end
+   -- A random part draws new masks at the start of each block of the slowest
+   -- level that holds elements of its parameters, so no part gains or loses
+   -- elements in the middle of its block.
+   for _, lv in ipairs(levels) do
+      if lv.part.rng ~= nil then
+         lv.redraw_every = lv.period
+         local mine = {}
+         for _, m in ipairs(lv.part.mask_list) do
+            mine[m.mask] = true
+         end
+         for _, other in ipairs(levels) do
+            for _, m in ipairs(other.part.mask_list or {}) do
+               if mine[m.mask] and other.period > lv.redraw_every then
+                  lv.redraw_every = other.period
+               end
+            end
+         end
+      end
    end
    for i, lv in ipairs(levels) do
       local store = self.mode == 'drift' and i < r
@@ -191,10 +216,9 @@ function Optimizer:step(feval, clock)
    self.levels[1].part:check_current(self.fn, 2)
    local t = self.iteration
    local now = clock or t
-   -- A random part draws new masks at the start of each of its blocks; the
-   -- masks drawn when it was built serve the first.
+   -- The masks drawn when a random part was built serve its first block.
    for _, lv in ipairs(self.levels) do
-      if lv.part.rng ~= nil and t > 0 and t % lv.period == 0 then
+      if lv.part.rng ~= nil and t > 0 and t % lv.redraw_every == 0 then
          lv.part:redraw()
       end
    end

@@ -64,10 +64,11 @@
 --                defaults for every part (see mrt.optim.base)  [sgd, 0, ...]
 --
 -- Element-mask parts: a part with fixed or random masks (mrt.partition)
--- holds only the elements where its mask is 1, and the part given as the
--- rest of it (fast or slow left out) holds the others, so one weight
+-- contains only the elements where its mask is 1, and the part given as the
+-- rest of it (fast or slow left out) contains the others, so one weight
 -- tensor can have slow and fast elements. A random part draws new masks at
--- the start of each of its blocks. An element's optimizer state in a part
+-- the start of each block of the slowest level that holds elements of its
+-- parameters (with fast random and slow the rest, every k iterations). An element's optimizer state in a part
 -- moves only while the element belongs to that part.
 --
 -- With nesterov, a drifting slow part spreads the step of its update,
@@ -111,11 +112,11 @@ end
 
 -- Every parameter outside `part`, and the other elements of its masked
 -- ones, named `name`.
-local function complement(model, part, name, level)
+local function complement(part, name, level)
    local ok, rest = pcall(partition.complement, part, name)
    if not ok then
-      error(string.format("%s: the %s part (the rest of the model) is empty", FN, name),
-         level + 1)
+      error(string.format('%s: the %s part (the rest of the model): %s', FN, name,
+         (tostring(rest):gsub('^[^:\n]*:%d+: ', '', 1))), level + 1)
    end
    return rest
 end
@@ -145,8 +146,8 @@ local function level_parts(model, o, level)
    end
    local fast_part = fast ~= nil and resolve_part(model, o, 'fast', fast, level)
    local slow_part = slow ~= nil and resolve_part(model, o, 'slow', slow, level)
-   fast_part = fast_part or complement(model, slow_part, 'fast', level)
-   slow_part = slow_part or complement(model, fast_part, 'slow', level)
+   fast_part = fast_part or complement(slow_part, 'fast', level)
+   slow_part = slow_part or complement(fast_part, 'slow', level)
    return { slow_part, fast_part }
 end
 

@@ -21,11 +21,12 @@
 -- with no multirate.
 --
 -- The base optimizer is plain SGD by default (g = grad + weight_decay*theta,
--- theta -= lr*g), as the scheme is defined; any SGD, Adam or AdamW setting
--- of mrt.optim.base may replace it. Each element has one optimizer state,
+-- theta -= lr*g, no momentum); any SGD, Adam or AdamW setting of
+-- mrt.optim.base may replace it. Each element has one optimizer state,
 -- which moves only on the iterations where the element steps: every
--- iteration while it is fast, the full one while it is slow. Adam counts
--- each element's own updates for its bias correction. Between two calls of
+-- iteration while it is fast, the full one while it is slow. Each element
+-- counts its own updates, for Adam's bias correction and SGD's first buffer
+-- update. Between two calls of
 -- step the model always holds its full weights (the zeroing lasts only for
 -- feval), so evaluation and checkpoints see the real parameters.
 --
@@ -36,7 +37,10 @@
 --
 -- Options (default in brackets):
 --    lr            h, a number >= 0 or a schedule  [required]
---    k             an integer >= 1 (subgroups only)  [required]
+--    k             the slow elements' step multiplier, an integer >= 1: a
+--                  block has k-1 masked iterations and then the full one
+--                  (full_step 'last'), or k masked ones and then the full
+--                  one ('extra')  (subgroups only) [required]
 --    full_step     'last' or 'extra' (subgroups only, see above)  ['last']
 --    prob          probability of an element being slow: a number, a map
 --                  from name pattern to probability, or function(name,
@@ -47,7 +51,7 @@
 --    params        the trained parameters (see optim.sgd); they must
 --                  include the masked ones  [every parameter]
 --    optimizer     'sgd', 'adam' or 'adamw'  ['sgd']
---    weight_decay, momentum, dampening, nesterov, betas, eps
+--    weight_decay, momentum, dampening, nesterov, betas, eps, amsgrad
 --                  the base optimizer's settings (see mrt.optim.base)
 
 local lib = require 'mrt.ffi'
@@ -130,6 +134,10 @@ end
 local function new(model, fn, o, level)
    level = level + 1
    local params = hierarchy.part_option(model, fn, 'params', o.params, level)
+   if params.masks ~= nil then
+      error(string.format("%s: option 'params': part '%s' has element masks; give whole "
+         .. "parameters there and the masks in 'slow' or 'prob'", fn, params.name), level)
+   end
    local slow = masked_part(model, fn, o, level)
    if slow:has_complements() then
       error(string.format("%s: part '%s' contains the elements where a mask is 0; give the "
@@ -160,7 +168,7 @@ end
 function M.subgroups(model, opts)
    hierarchy.check_model('optim.subgroups', model, 2)
    local o = config.check('optim.subgroups', opts, SUBGROUPS, 2)
-   local self = new(model, 'optim.subgroups', o, 1)
+   local self = new(model, 'optim.subgroups', o, 2)
    self.zeroing_every_step = false
    return self
 end
@@ -168,7 +176,7 @@ end
 function M.random_zeroing(model, opts)
    hierarchy.check_model('optim.random_zeroing', model, 2)
    local o = config.check('optim.random_zeroing', opts, ZEROING, 2)
-   local self = new(model, 'optim.random_zeroing', o, 1)
+   local self = new(model, 'optim.random_zeroing', o, 2)
    if self.slow.rng == nil then
       error("optim.random_zeroing: the masked part has fixed masks; random zeroing redraws "
          .. 'its masks every step (give prob, or a part with random masks)', 2)
@@ -234,6 +242,11 @@ function Subgroups:load_state(s)
    if type(s) ~= 'table' or s.kind ~= self.kind then
       error(string.format('%s: load_state: state is for %s', self.fn,
          tostring(type(s) == 'table' and s.kind)), 2)
+   end
+   if s.base == nil then
+      error(string.format('%s: load_state: state has no base optimizer state; it was saved by '
+         .. 'an older mrt, so restart the run from its start or from a newer checkpoint',
+         self.fn), 2)
    end
    self.slow:load_state(s.masks)
    self.stepper:load_state(s.base)
