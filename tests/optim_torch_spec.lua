@@ -2,7 +2,9 @@
 -- fixtures tests/fixtures/optim_<scheme>.safetensors that
 -- tests/fixtures/make_fixtures.py writes: the MLP fc1 20->16, ReLU, fc2
 -- 16->3 trained for 50 steps on stored minibatches, with every parameter
--- stored after every step.
+-- stored after every step. The schemes with random masks draw them in the
+-- fixture script from a Python copy of mrt's generator (philox.py), so both
+-- sides use the same masks.
 --
 -- The model runs on the default device (MRT_DEVICE), so the same specs
 -- check the CUDA backend's updates where a GPU is present.
@@ -64,7 +66,18 @@ end
 
 local function optimizer_for(model, meta)
    local scheme = meta.scheme
-   if scheme == 'sgd' then
+   if scheme == 'subgroups' or scheme == 'subgroups_adam' then
+      return optim.subgroups(model, { lr = number(meta, 'lr'), k = number(meta, 'k'),
+         seed = number(meta, 'mask_seed'), weight_decay = number(meta, 'weight_decay'),
+         optimizer = meta.base,
+         prob = { ['^fc1%.weight$'] = number(meta, 'prob_fc1'),
+            ['^fc2%.weight$'] = number(meta, 'prob_fc2') } })
+   elseif scheme == 'multirate_masked' then
+      return optim.multirate(model, { lr = number(meta, 'h'), k = number(meta, 'k'),
+         momentum = number(meta, 'mu'),
+         slow = { '^fc1%.weight$', random = { prob = number(meta, 'prob'),
+            seed = number(meta, 'mask_seed') } } })
+   elseif scheme == 'sgd' then
       return optim.sgd(model, { lr = number(meta, 'lr'), momentum = number(meta, 'momentum'),
          weight_decay = number(meta, 'weight_decay') })
    elseif scheme == 'adam' or scheme == 'adamw' then
@@ -74,7 +87,7 @@ local function optimizer_for(model, meta)
    end
    return optim.multirate(model, { lr = number(meta, 'h'), k = number(meta, 'k'),
       drift = meta.drift == 'true', momentum = number(meta, 'mu'),
-      fast = '^fc2%.', slow = '^fc1%.',
+      nesterov = meta.nesterov == 'true', fast = '^fc2%.', slow = '^fc1%.',
       parts = { slow = { weight_decay = number(meta, 'wd_slow') },
          fast = { weight_decay = number(meta, 'wd_fast') } } })
 end
@@ -113,7 +126,8 @@ end
 
 describe('optimizer trajectories against PyTorch 1.13', function()
    for _, name in ipairs({ 'sgd', 'adam', 'adamw', 'multirate_drift', 'multirate_no_drift',
-      'multirate_drift_k3', 'multirate_no_drift_k3' }) do
+      'multirate_drift_k3', 'multirate_no_drift_k3', 'multirate_nesterov', 'multirate_masked',
+      'subgroups', 'subgroups_adam' }) do
       it(name .. ' matches every step', function()
          local worst, worst_loss, step = replay(name)
          assert.is_true(worst <= TOLERANCE, string.format('%s: parameter error %.3g at step %d',
@@ -149,6 +163,23 @@ describe('optimizer trajectories against PyTorch 1.13', function()
             assert.is_true(err <= tolerance, string.format('%s %s: %.3g', ref_key, p.name, err))
          end
       end
+   end)
+
+   it('subgroups_adam ends with each element\'s update count', function()
+      local _, _, _, opt, tensors, list = replay('subgroups_adam')
+      local counts = opt:state().base.counts
+      local seen = {}
+      for _, p in ipairs(list) do
+         local n = p.entry.value:numel()
+         local mine = state_view(counts, p.entry.offset, n):totable()
+         local ref = tensors['state.count.' .. p.name]:totable()
+         assert.are.same(ref, mine, p.name)
+         for _, c in ipairs(mine) do
+            seen[c] = true
+         end
+      end
+      assert.is_true(seen[50])                 -- the biases step on every iteration
+      assert.is_true(next(seen, next(seen, next(seen))) ~= nil)
    end)
 
    it('multirate_drift_k3 ends with both parts\' momentum buffers', function()
