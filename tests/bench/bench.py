@@ -17,7 +17,12 @@ The summary reports images/s and the ratio mrt/PyTorch per model and mode,
 the multirate speed-up (full step time over multirate step time) of both
 frameworks, and the bound (F+B)/(F+(B+(k-1)*B_fc)/k) from mrt's median
 forward time F and backward time B in full training and backward time
-B_fc in fc-only training. It also reports each convolution network's
+B_fc in fc-only training. The speed-up comes from paired runs: each worker
+times blocks of k full steps and blocks of k multirate steps in turn on one
+model (mode paired), and the speed-up is the median over the pairs of the
+full block's time over the multirate block's, so a change in the machine's
+load between runs does not enter it. The ratio of the separate full and
+multirate runs is printed beside it. It also reports each convolution network's
 achieved GFLOP/s (convolution and linear FLOPs counted analytically per
 layer) against the sgemm GFLOP/s of numpy's BLAS measured first. The last
 lines have a fixed form:
@@ -44,6 +49,12 @@ MODES = ["full", "fc", "multirate"]
 INPUT = {"mlp": (1, 28, 28), "resnet_small": (1, 28, 28), "resnet18": (3, 32, 32)}
 
 
+def paired_speedup(result):
+    """Median over the pairs of the full block's time over the multirate block's."""
+    return statistics.median(f / m for f, m in zip(result["full_block_ms"],
+                                                   result["multirate_block_ms"]))
+
+
 def worker_command(framework, model, mode, args, profile=False):
     common = ["--batch", str(args.batch), "--warmup", str(warmup_steps(mode, args)),
               "--steps", str(timed_steps(mode, args)), "--k", str(args.k)]
@@ -57,14 +68,16 @@ def worker_command(framework, model, mode, args, profile=False):
 
 
 def warmup_steps(mode, args):
-    """Warm-up steps, a whole number of blocks in multirate mode."""
-    if mode != "multirate":
+    """Warm-up steps, a whole number of blocks in multirate and paired modes."""
+    if mode not in ("multirate", "paired"):
         return args.warmup
     return -(-args.warmup // args.k) * args.k
 
 
 def timed_steps(mode, args):
-    """Timed steps, a whole number of blocks in multirate mode."""
+    """Timed steps, a whole number of blocks; paired mode times twice as many blocks."""
+    if mode == "paired":
+        return 2 * -(-args.steps // args.k) * args.k
     if mode != "multirate":
         return args.steps
     return -(-args.steps // args.k) * args.k
@@ -207,10 +220,11 @@ def main():
 
     runs = []
     table = {}
+    paired = all(m in args.modes for m in MODES)
     for model in args.models:
         for rep in range(args.reps):
+            order = ["mrt", "torch"] if rep % 2 == 0 else ["torch", "mrt"]
             for mode in args.modes:
-                order = ["mrt", "torch"] if rep % 2 == 0 else ["torch", "mrt"]
                 for fw in order:
                     r = run_worker(fw, model, mode, args)
                     r["rep"] = rep
@@ -220,6 +234,14 @@ def main():
                     print(f"  {model:12s} {mode:9s} {fw:5s} rep {rep + 1}: {ms:8.2f} ms/step "
                           f"{args.batch * 1000 / ms:8.0f} img/s  rss {r['rss_mb']:.0f} MB",
                           flush=True)
+            for fw in order if paired else []:
+                r = run_worker(fw, model, "paired", args)
+                r["rep"] = rep
+                runs.append(r)
+                speedup = paired_speedup(r)
+                table.setdefault((model, "paired", fw), []).append((speedup, r))
+                print(f"  {model:12s} paired    {fw:5s} rep {rep + 1}: speed-up {speedup:.3f}x "
+                      f"over {len(r['full_block_ms'])} pairs of blocks", flush=True)
 
     summary = report(args, table, sgemm)
     if args.profile:
@@ -241,17 +263,19 @@ def median_ms(table, key):
 def speedup_report(args, table, model):
     """Speed-ups and bound of one model, each taken per repetition, then the median.
 
-    The full, fc and multirate runs of one repetition follow each other, so
-    their ratio is less exposed to the load of other processes drifting
-    over the whole run than a ratio of medians would be.
+    The speed-up of a repetition is its paired run's. The separate full and
+    multirate runs of one repetition follow each other, so even their ratio
+    is less exposed to the load of other processes drifting over the whole
+    run than a ratio of medians would be, but far more than a paired run.
     """
     k = args.k
     reps = {}
-    for mode in ("full", "fc", "multirate"):
+    for mode in ("full", "fc", "multirate", "paired"):
         for fw in ("mrt", "torch"):
             for ms, r in table[(model, mode, fw)]:
                 reps.setdefault(r["rep"], {})[(mode, fw)] = (ms, r)
     f, b, b_fc, bound, s_mrt, s_torch, share = [], [], [], [], [], [], []
+    separate_mrt, separate_torch = [], []
     for rep in sorted(reps):
         runs = reps[rep]
         fr, fcr = runs[("full", "mrt")][1], runs[("fc", "mrt")][1]
@@ -260,14 +284,17 @@ def speedup_report(args, table, model):
         b_fc.append(fcr["backward_ms"])
         rep_bound = (f[-1] + b[-1]) / (f[-1] + (b[-1] + (k - 1) * b_fc[-1]) / k)
         bound.append(rep_bound)
-        s_mrt.append(runs[("full", "mrt")][0] / runs[("multirate", "mrt")][0])
-        s_torch.append(runs[("full", "torch")][0] / runs[("multirate", "torch")][0])
+        s_mrt.append(runs[("paired", "mrt")][0])
+        s_torch.append(runs[("paired", "torch")][0])
+        separate_mrt.append(runs[("full", "mrt")][0] / runs[("multirate", "mrt")][0])
+        separate_torch.append(runs[("full", "torch")][0] / runs[("multirate", "torch")][0])
         share.append(s_mrt[-1] / rep_bound)
     med = statistics.median
     line = (f"{model:12s} F {med(f):7.2f} ms  B {med(b):7.2f} ms  B_fc {med(b_fc):6.2f} ms  "
             f"bound {med(bound):.2f}x  mrt {med(s_mrt):.2f}x (time ratio {1 / med(s_mrt):.3f}, "
             f"{100 * med(share):.0f}% of bound)  torch {med(s_torch):.2f}x "
-            f"(time ratio {1 / med(s_torch):.3f})")
+            f"(time ratio {1 / med(s_torch):.3f}); separate runs: mrt "
+            f"{med(separate_mrt):.2f}x torch {med(separate_torch):.2f}x")
     summary = (f"{model} speedup mrt={med(s_mrt):.2f} torch={med(s_torch):.2f} "
                f"bound={med(bound):.2f}")
     return line, summary
@@ -289,8 +316,8 @@ def report(args, table, sgemm):
             lines.append(f"{model} {mode} mrt={ips['mrt']:.0f} torch={ips['torch']:.0f} "
                          f"ratio={ips['mrt'] / ips['torch']:.2f}")
     if all(m in args.modes for m in MODES):
-        print("\nmultirate speed-up over full training, and its bound from mrt's phases "
-              "(medians over the repetitions of per-repetition values)")
+        print("\nmultirate speed-up over full training from paired blocks, and its bound from "
+              "mrt's phases (medians over the repetitions of per-repetition values)")
         for model in args.models:
             line, summary = speedup_report(args, table, model)
             print(line)

@@ -8,7 +8,9 @@
 -- ImageNet stem). MODE: full (every parameter trained), fc (only the
 -- classifier head), multirate (fast part = head, k steps per block, linear
 -- drift of the slow part). Every step is SGD with momentum 0.9 on one fixed
--- random minibatch.
+-- random minibatch. MODE paired times, in one process on one model, blocks
+-- of k full steps and blocks of k multirate steps in turn (the first of
+-- each pair alternating), so both see the same machine state.
 --
 -- Options: --batch N (128), --warmup N (steps not timed, 5), --steps N
 -- (timed steps, 20), --k N (multirate block length, 5), --threads N (0 = all
@@ -19,7 +21,9 @@
 -- backward pass, and of the rest of the step, which is the optimizer);
 -- cpu_ms (CPU time of the process per timed step, all threads); rss_mb
 -- (peak resident memory, VmHWM); threads. Other processes on the machine
--- inflate cpu_ms far less than the wall times.
+-- inflate cpu_ms far less than the wall times. Mode paired prints
+-- full_block_ms and multirate_block_ms (each timed block, in pairs) instead
+-- of the step fields.
 
 local mrt = require 'mrt'
 local lib = require 'mrt.ffi'
@@ -36,11 +40,11 @@ local MODELS = {
    resnet18 = { input = { 3, 32, 32 }, head = 'fc',
       build = function() return mrt.models.resnet18({ classes = 10 }) end },
 }
-local MODES = { full = true, fc = true, multirate = true }
+local MODES = { full = true, fc = true, multirate = true, paired = true }
 
 local function usage(message)
    io.stderr:write('mrt_worker: ', message, '\nusage: luajit tests/bench/mrt_worker.lua ',
-      'mlp|resnet_small|resnet18 full|fc|multirate [--batch N] [--warmup N] [--steps N] ',
+      'mlp|resnet_small|resnet18 full|fc|multirate|paired [--batch N] [--warmup N] [--steps N] ',
       '[--k N] [--threads N] [--profile]\n')
    os.exit(2)
 end
@@ -119,6 +123,43 @@ local function make_optimizer(model, spec, o)
       drift = true })
 end
 
+-- Times whole blocks of k full steps and k multirate steps in turn on one
+-- model and prints them as one JSON line.
+local function run_paired(o, spec, model, feval)
+   local full = make_optimizer(model, spec, { mode = 'full', k = o.k })
+   local multirate = make_optimizer(model, spec, { mode = 'multirate', k = o.k })
+   local function block(opt)
+      local t0 = util.now()
+      for _ = 1, o.k do
+         local loss = opt:step(feval)
+         if loss ~= loss then
+            error('mrt_worker: the loss is NaN')
+         end
+      end
+      return 1000 * (util.now() - t0)
+   end
+   local pairs_count = math.ceil(o.steps / o.k)
+   local full_ms, multirate_ms = {}, {}
+   for pair = 1, math.ceil(o.warmup / o.k) + pairs_count do
+      local a, b
+      if pair % 2 == 0 then
+         a = block(full)
+         b = block(multirate)
+      else
+         b = block(multirate)
+         a = block(full)
+      end
+      if pair > math.ceil(o.warmup / o.k) then
+         full_ms[#full_ms + 1] = string.format('%.4f', a)
+         multirate_ms[#multirate_ms + 1] = string.format('%.4f', b)
+      end
+   end
+   io.write(string.format('{"framework": "mrt", "model": "%s", "mode": "paired", "batch": %d, '
+      .. '"threads": %d, "k": %d, "full_block_ms": [%s], "multirate_block_ms": [%s], '
+      .. '"rss_mb": %.1f}\n', o.model, o.batch, lib.C.mrt_threads_get(), o.k,
+      table.concat(full_ms, ', '), table.concat(multirate_ms, ', '), peak_rss_mb()))
+end
+
 local function main(argv)
    local o = parse(argv)
    lib.check(lib.C.mrt_threads_set(o.threads))
@@ -127,7 +168,6 @@ local function main(argv)
    local model = spec.build()
    model:flatten()
    model:train()
-   local opt = make_optimizer(model, spec, o)
    local shape = { o.batch, spec.input[1], spec.input[2], spec.input[3] }
    local x = T.zeros(shape, 'cpu')
    mrt.random.new(2):fill_normal(x, 0, 1)
@@ -136,6 +176,14 @@ local function main(argv)
       labels.ptr[i] = i % 10
    end
    local criterion = nn.cross_entropy()
+   if o.mode == 'paired' then
+      return run_paired(o, spec, model, function()
+         local loss = criterion:forward(model:forward(x), labels)
+         model:backward(x, criterion:backward(1), false)
+         return loss
+      end)
+   end
+   local opt = make_optimizer(model, spec, o)
    local profiler = o.profile and require('mrt.profile').attach(model) or nil
    local fwd_s, bwd_s = 0, 0
    local function feval()

@@ -13,7 +13,10 @@ of each block of k runs the full backward pass and folds the slow gradient
 into the slow momentum buffer. The other k-1 steps run the head's backward
 only, with the rest frozen. Every step moves the fast part by SGD with
 momentum and the slow part by lr times its buffer. Every mode is SGD with
-momentum 0.9 on one fixed random minibatch, as in mrt_worker.lua.
+momentum 0.9 on one fixed random minibatch, as in mrt_worker.lua. MODE
+paired times, in one process on one model, blocks of k full steps and
+blocks of k multirate steps in turn (the first of each pair alternating),
+and prints full_block_ms and multirate_block_ms.
 
 Options: --batch N (128), --warmup N (5), --steps N (20), --k N (5),
 --threads N (torch.set_num_threads, 2), --profile (print the
@@ -85,10 +88,44 @@ def peak_rss_mb():
     return -1.0
 
 
+def run_paired(args, params, slow, fast, closure, lr, momentum):
+    """Time blocks of k full steps and k multirate steps in turn and print them as JSON."""
+    full = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    multirate = Multirate(slow, fast, lr * args.k, args.k, momentum)
+
+    def block(opt):
+        if opt is full:
+            for p in params:
+                p.requires_grad_(True)
+        t0 = time.perf_counter()
+        for _ in range(args.k):
+            loss = opt.step(closure)
+            if not torch.isfinite(loss):
+                raise SystemExit(f"torch_worker: the loss is {loss.item()}")
+        return 1000 * (time.perf_counter() - t0)
+
+    warm = -(-args.warmup // args.k)
+    full_ms, multirate_ms = [], []
+    for pair in range(1, warm + -(-args.steps // args.k) + 1):
+        if pair % 2 == 0:
+            a, b = block(full), block(multirate)
+        else:
+            b, a = block(multirate), block(full)
+        if pair > warm:
+            full_ms.append(round(a, 4))
+            multirate_ms.append(round(b, 4))
+    print(json.dumps({
+        "framework": "torch", "model": args.model, "mode": "paired", "batch": args.batch,
+        "threads": torch.get_num_threads(), "k": args.k, "full_block_ms": full_ms,
+        "multirate_block_ms": multirate_ms, "rss_mb": round(peak_rss_mb(), 1),
+        "torch": torch.__version__,
+    }))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
-    parser.add_argument("mode", choices=["full", "fc", "multirate"])
+    parser.add_argument("mode", choices=["full", "fc", "multirate", "paired"])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
@@ -107,6 +144,17 @@ def main():
     fast = [p for n, p in model.named_parameters() if n.startswith(head + ".")]
     slow = [p for n, p in model.named_parameters() if not n.startswith(head + ".")]
     lr, momentum = 0.01, 0.9
+
+    def closure():
+        for p in params:
+            p.grad = None
+        loss = F.cross_entropy(model(x), labels)
+        loss.backward()
+        return loss
+
+    if args.mode == "paired":
+        run_paired(args, params, slow, fast, closure, lr, momentum)
+        return
     if args.mode == "full":
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
     elif args.mode == "fc":
@@ -115,13 +163,6 @@ def main():
         opt = torch.optim.SGD(fast, lr=lr, momentum=momentum)
     else:
         opt = Multirate(slow, fast, lr * args.k, args.k, momentum)
-
-    def closure():
-        for p in params:
-            p.grad = None
-        loss = F.cross_entropy(model(x), labels)
-        loss.backward()
-        return loss
 
     step_ms = []
     profiler = None
