@@ -209,6 +209,10 @@ describe('the rest beside a masked part', function()
       assert.are.equal(0, runs[1].on)
       assert.are.equal(p:part('slow').masks['fc1.weight'], runs[1].mask)
       assert.are.same({ offset = 12, count = 23, state_offset = 12 }, runs[2])
+      assert.are.equal('fast: fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc3.weight, '
+         .. 'fc3.bias (29 elements in 1 ranges, masked)', fast:describe())
+      assert.are.equal('slow: fc1.weight (6 elements in 1 ranges, masked)',
+         p:part('slow'):describe())
    end)
 
    it('is what partition.complement builds for one part', function()

@@ -676,13 +676,24 @@ function Part:load_state(s)
    end
 end
 
+-- Returns one line: the part's name, its parameters and its element count.
+-- Of a masked parameter only the elements in the part count, at the
+-- current masks.
 function Part:describe()
    local names = {}
    for _, p in ipairs(self.entries) do
       names[#names + 1] = p.name
    end
+   local count = self.numel
+   for _, m in ipairs(self.mask_list or {}) do
+      local outside = 0
+      for _, v in ipairs(m.mask:totable()) do
+         outside = outside + ((v ~= 0) == (m.on == 1) and 0 or 1)
+      end
+      count = count - outside
+   end
    return string.format('%s: %s (%d elements in %d ranges%s)', self.name,
-      table.concat(names, ', '), self.numel, #self.ranges, self.masks and ', masked' or '')
+      table.concat(names, ', '), count, #self.ranges, self.masks and ', masked' or '')
 end
 
 return M
