@@ -2,9 +2,10 @@
 -- fixtures tests/fixtures/optim_<scheme>.safetensors that
 -- tests/fixtures/make_fixtures.py writes: the MLP fc1 20->16, ReLU, fc2
 -- 16->3 trained for 50 steps on stored minibatches, with every parameter
--- stored after every step. The schemes with random masks draw them in the
--- fixture script from a Python copy of mrt's generator (philox.py), so both
--- sides use the same masks.
+-- stored after every step (brain 1's for the brains schemes). The schemes
+-- with random masks or Langevin noise draw them in the fixture script from
+-- a Python copy of mrt's generator (philox.py), so both sides use the same
+-- numbers.
 --
 -- The model runs on the default device (MRT_DEVICE), so the same specs
 -- check the CUDA backend's updates where a GPU is present.
@@ -64,9 +65,38 @@ local function number(meta, key)
    return tonumber(meta[key])
 end
 
+-- A list of numbers from the metadata's "[a, b, c]".
+local function numbers(meta, key)
+   local list = {}
+   for v in meta[key]:gmatch('[^%[%],%s]+') do
+      list[#list + 1] = tonumber(v)
+   end
+   return list
+end
+
 local function optimizer_for(model, meta)
    local scheme = meta.scheme
-   if scheme == 'subgroups' or scheme == 'subgroups_adam' then
+   local h, k, mu = number(meta, 'h'), number(meta, 'k'), number(meta, 'mu')
+   if scheme == 'multirate_end' then
+      return optim.multirate(model, { lr = h, k = k, momentum = mu, drift = false,
+         slow_at = 'end', fast = '^fc2%.', slow = '^fc1%.',
+         parts = { slow = { lr = number(meta, 'slow_lr'),
+            weight_decay = number(meta, 'wd_slow') } } })
+   elseif scheme == 'multirate_adam_slow' then
+      return optim.multirate(model, { lr = h, k = k, momentum = mu, fast = '^fc2%.',
+         slow = '^fc1%.', parts = { slow = { optimizer = 'adam',
+            lr = number(meta, 'slow_lr') } } })
+   elseif scheme == 'multirate_levels' then
+      return optim.multirate(model, { lr = h, momentum = mu,
+         k = { number(meta, 'k1'), number(meta, 'k2') },
+         levels = { { '^fc1%.weight$' }, { '^fc1%.bias$', '^fc2%.weight$' },
+            { '^fc2%.bias$' } } })
+   elseif scheme == 'multirate_langevin' then
+      return optim.multirate(model, { lr = h, k = k, momentum = mu, fast = '^fc2%.',
+         slow = '^fc1%.', seed = number(meta, 'noise_seed'),
+         parts = { slow = { optimizer = 'langevin', gamma = number(meta, 'gamma'),
+            tau = number(meta, 'tau') } } })
+   elseif scheme == 'subgroups' or scheme == 'subgroups_adam' then
       return optim.subgroups(model, { lr = number(meta, 'lr'), k = number(meta, 'k'),
          seed = number(meta, 'mask_seed'), weight_decay = number(meta, 'weight_decay'),
          optimizer = meta.base,
@@ -92,12 +122,40 @@ local function optimizer_for(model, meta)
          fast = { weight_decay = number(meta, 'wd_fast') } } })
 end
 
+-- The brains of a brains fixture, from the same start, and their optimizer.
+local function brains_for(tensors, meta)
+   local lrs = numbers(meta, 'lr')
+   local models = {}
+   for j = 1, #lrs do
+      models[j] = mlp(tensors)
+   end
+   if meta.adam == 'true' then
+      local per_epoch = number(meta, 'batches_per_epoch')
+      for j, peak in ipairs(lrs) do
+         lrs[j] = optim.schedule.slanted_triangular({ max = peak, epochs = number(meta, 'epochs'),
+            warmup_epochs = number(meta, 'warmup_epochs'), iterations_per_epoch = per_epoch })
+      end
+      return models, optim.brains(models, { lr = lrs, every = numbers(meta, 'every'),
+         optimizer = 'adam', average_every = number(meta, 'average_every') })
+   end
+   return models, optim.brains(models, { lr = lrs, every = numbers(meta, 'every'),
+      momentum = number(meta, 'momentum'), weight_decay = number(meta, 'weight_decay') })
+end
+
 -- Runs the fixture's steps; returns the worst parameter error, the worst
--- loss error and the step where the parameter error was worst.
+-- loss error and the step where the parameter error was worst. For brains
+-- the parameters compared are brain 1's.
 local function replay(name)
    local tensors, meta = mio.safetensors_read(FIXTURES .. 'optim_' .. name .. '.safetensors')
-   local model, list = mlp(tensors)
-   local opt = optimizer_for(model, meta)
+   local model, list, opt
+   if meta.scheme:find('^brains') then
+      local models
+      models, opt = brains_for(tensors, meta)
+      model, list = models[1], models[1]:parameters()
+   else
+      model, list = mlp(tensors)
+      opt = optimizer_for(model, meta)
+   end
    local criterion = nn.cross_entropy()
    local losses = tensors.loss:totable()
    local worst, worst_loss, worst_step, max_loss = 0, 0, 0, 0
@@ -107,10 +165,11 @@ local function replay(name)
    for step = 1, tonumber(meta.steps) do
       local x = tensors['step' .. step .. '.input']:to(DEVICE)
       local labels = labels_of(tensors['step' .. step .. '.labels'])
-      local loss = opt:step(function()
-         local logits = model:forward(x)
+      local loss = opt:step(function(m)
+         m = m or model
+         local logits = m:forward(x)
          local l = criterion:forward(logits, labels)
-         model:backward(x, criterion:backward(1), false)
+         m:backward(x, criterion:backward(1), false)
          return l
       end)
       worst_loss = math.max(worst_loss, math.abs(loss - losses[step]) / max_loss)
@@ -127,7 +186,8 @@ end
 describe('optimizer trajectories against PyTorch 1.13', function()
    for _, name in ipairs({ 'sgd', 'adam', 'adamw', 'multirate_drift', 'multirate_no_drift',
       'multirate_drift_k3', 'multirate_no_drift_k3', 'multirate_nesterov', 'multirate_masked',
-      'subgroups', 'subgroups_adam' }) do
+      'multirate_end', 'multirate_adam_slow', 'multirate_levels', 'multirate_langevin',
+      'brains_sgd', 'brains_adam_triangular', 'subgroups', 'subgroups_adam' }) do
       it(name .. ' matches every step', function()
          local worst, worst_loss, step = replay(name)
          assert.is_true(worst <= TOLERANCE, string.format('%s: parameter error %.3g at step %d',
