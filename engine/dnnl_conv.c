@@ -403,22 +403,48 @@ static int64_t kept_index(const conv_plan *plan, int64_t o, int64_t c, int64_t i
     return ((o * plan->key.c + c) * crop->kh + i) * crop->kw + j;
 }
 
-/* Copies the kept taps of mrt's kernel w[O,C,KH,KW] to the plan's buffer. */
+/*
+ * Copies the kept taps of mrt's kernel w[O,C,KH,KW] to the plan's buffer.
+ * The loops run over (o, c) without a division per plane, and a single kept
+ * tap, the common case, is a plain strided copy.
+ */
 static void gather_kept(const conv_plan *plan, const float *w)
 {
     const conv_key *k = &plan->key;
     const conv_crop *c = &plan->crop;
-    const int64_t planes = k->o * k->c;
+    const int64_t taps = k->kh * k->kw, planes = k->o * k->c;
+    const int64_t first = c->tap_h * k->kw + c->tap_w;
 
-#pragma omp parallel for if (planes * k->kh * k->kw > 32768) schedule(static)
-    for (int64_t plane = 0; plane < planes; plane++) {
-        const float *full = w + plane * k->kh * k->kw;
-        const int64_t o = plane / k->c, ch = plane % k->c;
-        for (int64_t i = 0; i < c->kh; i++)
-            for (int64_t j = 0; j < c->kw; j++)
-                plan->kept[kept_index(plan, o, ch, i, j)] =
-                    full[(c->tap_h + i) * k->kw + c->tap_w + j];
+    if (c->kh == 1 && c->kw == 1) {
+        /* kept_index(o, ch, 0, 0) is o*C + ch in both layouts, the plane's index. */
+        float *kept = plan->kept;
+#pragma omp parallel for simd if (planes > 32768) schedule(static)
+        for (int64_t plane = 0; plane < planes; plane++)
+            kept[plane] = w[plane * taps + first];
+        return;
     }
+    if (plan->gemm) {
+        /* kept[O,kh,kw,C]: write along C, read one tap of consecutive planes. */
+#pragma omp parallel for if (planes * taps > 32768) schedule(static)
+        for (int64_t o = 0; o < k->o; o++)
+            for (int64_t i = 0; i < c->kh; i++)
+                for (int64_t j = 0; j < c->kw; j++) {
+                    const float *from = w + o * k->c * taps + first + i * k->kw + j;
+                    float *to = plan->kept + ((o * c->kh + i) * c->kw + j) * k->c;
+                    for (int64_t ch = 0; ch < k->c; ch++)
+                        to[ch] = from[ch * taps];
+                }
+        return;
+    }
+#pragma omp parallel for if (planes * taps > 32768) schedule(static)
+    for (int64_t o = 0; o < k->o; o++)
+        for (int64_t ch = 0; ch < k->c; ch++) {
+            const float *full = w + (o * k->c + ch) * taps;
+            for (int64_t i = 0; i < c->kh; i++)
+                for (int64_t j = 0; j < c->kw; j++)
+                    plan->kept[kept_index(plan, o, ch, i, j)] =
+                        full[(c->tap_h + i) * k->kw + c->tap_w + j];
+        }
 }
 
 /* w := beta*w, then w += the plan's buffer on the kept taps (beta = 0 ignores the old w). */
@@ -426,19 +452,19 @@ static void scatter_kept(const conv_plan *plan, float *w, float beta)
 {
     const conv_key *k = &plan->key;
     const conv_crop *c = &plan->crop;
-    const int64_t planes = k->o * k->c;
+    const int64_t taps = k->kh * k->kw;
 
-#pragma omp parallel for if (planes * k->kh * k->kw > 32768) schedule(static)
-    for (int64_t plane = 0; plane < planes; plane++) {
-        float *full = w + plane * k->kh * k->kw;
-        const int64_t o = plane / k->c, ch = plane % k->c;
-        for (int64_t q = 0; q < k->kh * k->kw; q++)
-            full[q] = beta == 0.0f ? 0.0f : beta * full[q];
-        for (int64_t i = 0; i < c->kh; i++)
-            for (int64_t j = 0; j < c->kw; j++)
-                full[(c->tap_h + i) * k->kw + c->tap_w + j] +=
-                    plan->kept[kept_index(plan, o, ch, i, j)];
-    }
+#pragma omp parallel for if (k->o * k->c * taps > 32768) schedule(static)
+    for (int64_t o = 0; o < k->o; o++)
+        for (int64_t ch = 0; ch < k->c; ch++) {
+            float *full = w + (o * k->c + ch) * taps;
+            for (int64_t q = 0; q < taps; q++)
+                full[q] = beta == 0.0f ? 0.0f : beta * full[q];
+            for (int64_t i = 0; i < c->kh; i++)
+                for (int64_t j = 0; j < c->kw; j++)
+                    full[(c->tap_h + i) * k->kw + c->tap_w + j] +=
+                        plan->kept[kept_index(plan, o, ch, i, j)];
+        }
 }
 
 /* Makes pass->weights hold w's kept taps, reordered when the kernel wants another layout. */
