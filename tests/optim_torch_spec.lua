@@ -96,6 +96,11 @@ local function optimizer_for(model, meta)
          slow = '^fc1%.', seed = number(meta, 'noise_seed'),
          parts = { slow = { optimizer = 'langevin', gamma = number(meta, 'gamma'),
             tau = number(meta, 'tau') } } })
+   elseif scheme == 'random_zeroing' then
+      return optim.random_zeroing(model, { lr = number(meta, 'lr'),
+         seed = number(meta, 'mask_seed'), weight_decay = number(meta, 'weight_decay'),
+         prob = { ['^fc1%.weight$'] = number(meta, 'prob_fc1'),
+            ['^fc2%.weight$'] = number(meta, 'prob_fc2') } })
    elseif scheme == 'subgroups' or scheme == 'subgroups_adam' then
       return optim.subgroups(model, { lr = number(meta, 'lr'), k = number(meta, 'k'),
          seed = number(meta, 'mask_seed'), weight_decay = number(meta, 'weight_decay'),
@@ -187,7 +192,8 @@ describe('optimizer trajectories against PyTorch 1.13', function()
    for _, name in ipairs({ 'sgd', 'adam', 'adamw', 'multirate_drift', 'multirate_no_drift',
       'multirate_drift_k3', 'multirate_no_drift_k3', 'multirate_nesterov', 'multirate_masked',
       'multirate_end', 'multirate_adam_slow', 'multirate_levels', 'multirate_langevin',
-      'brains_sgd', 'brains_adam_triangular', 'subgroups', 'subgroups_adam' }) do
+      'brains_sgd', 'brains_adam_triangular', 'subgroups', 'subgroups_adam',
+      'random_zeroing' }) do
       it(name .. ' matches every step', function()
          local worst, worst_loss, step = replay(name)
          assert.is_true(worst <= TOLERANCE, string.format('%s: parameter error %.3g at step %d',
