@@ -246,14 +246,27 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
 
     if (update && apply && buffer != NULL && noise == NULL && !nesterov && mask == NULL
         && counts == NULL) {
-#pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            const float t = theta[i], old = buffer[i];
-            const float g = wd != 0.0f ? grad[i] + wd * t : grad[i];
-            const float b = first ? g : mu * old + damp * g;
-            buffer[i] = b;
-            theta[i] = t - lr * b;
+        /* One loop per case, each free of branches, so each one vectorises. */
+#define SGD_LOOP(G, B)                                                                  \
+    _Pragma("omp parallel for simd if (n > PARALLEL_MIN) schedule(static)")             \
+    for (int64_t i = 0; i < n; i++) {                                                   \
+        const float t = theta[i], old = buffer[i];                                      \
+        const float g = (G);                                                            \
+        const float b = (B);                                                            \
+        (void)old;                                                                      \
+        buffer[i] = b;                                                                  \
+        theta[i] = t - lr * b;                                                          \
+    }
+        if (wd != 0.0f && first) {
+            SGD_LOOP(grad[i] + wd * t, g)
+        } else if (wd != 0.0f) {
+            SGD_LOOP(grad[i] + wd * t, mu * old + damp * g)
+        } else if (first) {
+            SGD_LOOP(grad[i], g)
+        } else {
+            SGD_LOOP(grad[i], mu * old + damp * g)
         }
+#undef SGD_LOOP
         return;
     }
     /* The same with an element mask: every element is computed, and the
@@ -277,9 +290,15 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
     float *const stored = nesterov ? p->direction : NULL;
     if (!update && apply) {
         const float *along = stored != NULL ? stored : buffer;
+        if (mask == NULL) {
+#pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
+            for (int64_t i = 0; i < n; i++)
+                theta[i] = theta[i] - lr * along[i];
+            return;
+        }
 #pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
         for (int64_t i = 0; i < n; i++) {
-            const int keep = mask == NULL || (mask[i] != 0.0f) == on;
+            const int keep = (mask[i] != 0.0f) == on;
             theta[i] = keep ? theta[i] - lr * along[i] : theta[i];
         }
         return;
