@@ -52,7 +52,7 @@ local recipe = {
       prob_output = 0.5,     -- probability of an fc2.weight element being slow (or zeroed)
       weight_decay = 0,
       optimizer = 'sgd',     -- base optimizer of every approach: sgd, adam or adamw
-      full_step = 'last',    -- subgroups: the full step is the block's last ('last') or an extra one
+      full_step = 'last',    -- subgroups: full step as the block's last ('last') or an extra one
       approaches = ALL,
    },
 }
@@ -142,8 +142,9 @@ function recipe.run(config, ctx)
    end
    ctx.results:plot({ x = 'epoch', y = 'test_acc', runs = means, xlabel = 'epoch',
       ylabel = 'test accuracy (mean over seeds)',
-      title = string.format('MNIST digits, %d-%d-10 perceptron, %s, h = %g, %d seeds',
-         28 * 28, config.hidden, config.optimizer, config.lr, #config.seeds) })
+      title = string.format('MNIST digits, %d-%d-10 perceptron, %s, h = %g, %s',
+         28 * 28, config.hidden, config.optimizer, config.lr,
+         R.count_of(#config.seeds, 'seed')) })
    ctx.log('final test accuracy over seeds:')
    R.log_accuracy_table(ctx.log, rows)
 end

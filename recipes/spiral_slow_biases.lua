@@ -164,8 +164,8 @@ function recipe.run(config, ctx)
    end
    ctx.results:plot({ x = 'epoch', y = 'test_acc', runs = means, xlabel = 'epoch',
       ylabel = 'test accuracy (mean over seeds)', style = 'lines', key = 'top left',
-      title = string.format('%g-turn spiral, %g%% training subsample, %d seeds', config.turns,
-         100 * config.train_fraction, #config.seeds) })
+      title = string.format('%g-turn spiral, %g%% training subsample, %s', config.turns,
+         100 * config.train_fraction, R.count_of(#config.seeds, 'seed')) })
    ctx.log('final test accuracy over seeds:')
    R.log_accuracy_table(ctx.log, rows)
 end

@@ -20,9 +20,9 @@
 --                iterations. Whenever brains 1..j have all just stepped,
 --                their weights and batch-norm buffers are replaced by their
 --                average. Evaluation after each epoch uses a fourth network
---                that receives the average of all three brains at every
---                average of all three (every 50 iterations), so it can lag
---                the end of the epoch by up to 49 iterations.
+--                that contains the average of the three brains' current
+--                weights (optim.brains' prepare_evaluation), also when the
+--                epoch does not end on an average of all three.
 --    sgd_h<lr>   SGD with momentum and weight decay at each step size of
 --                sgd_lr = {0.05, 0.01, 0.005}.
 -- optim.brains averages the brains' batch-norm running statistics along
@@ -208,8 +208,8 @@ function recipe.run(config, ctx)
    end
    ctx.results:plot({ x = 'epoch', y = 'test_acc', runs = means, xlabel = 'epoch',
       ylabel = 'test accuracy (mean over seeds)',
-      title = string.format('Fashion-MNIST (%d training images), small ResNet, %d seeds',
-         train_set.n, #config.seeds) })
+      title = string.format('Fashion-MNIST (%d training images), small ResNet, %s',
+         train_set.n, R.count_of(#config.seeds, 'seed')) })
    ctx.log('final test accuracy over seeds:')
    R.log_accuracy_table(ctx.log, rows)
 end

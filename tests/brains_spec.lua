@@ -226,6 +226,34 @@ describe('optim.brains', function()
       assert.are_not.same(averaged, models[1].flat.params:totable())
    end)
 
+   it('evaluates the current average between averages', function()
+      local models = { toy_model(1), toy_model(2), toy_model(3) }
+      local eval = toy_model(4)
+      local opt = optim.brains(models, { lr = { 0.1, 0.2, 0.4 }, eval_model = eval })
+      run(opt, 3)                     -- brains 1 and 2 averaged after iteration 1, not brain 3
+      local before = {}
+      for j, m in ipairs(models) do
+         before[j] = m.flat.params:totable()
+      end
+      opt:prepare_evaluation()
+      local expected = {}
+      for i = 1, #before[1] do
+         -- mrt_average sums in brain order from 0 in float32, then divides by 3.
+         local sum = T.from_table({ 0 }, nil, 'cpu')
+         for j = 1, 3 do
+            sum:set(1, sum:get(1) + before[j][i])
+         end
+         expected[i] = T.from_table({ sum:get(1) / 3 }, nil, 'cpu'):get(1)
+      end
+      assert.are.same(expected, eval.flat.params:totable())
+      for j, m in ipairs(models) do
+         assert.are.same(before[j], m.flat.params:totable(), 'brain ' .. j)
+      end
+      all_close(eval.fc1.running_mean:totable(), mean({ models[1].fc1.running_mean:totable(),
+         models[2].fc1.running_mean:totable(), models[3].fc1.running_mean:totable() }),
+         'running_mean')
+   end)
+
    it('evaluates brain 1 without an evaluation model', function()
       local models = { toy_model(1), toy_model(2) }
       assert.are.equal(models[1], optim.brains(models, { lr = { 0.1, 0.2 } }):model())

@@ -142,6 +142,12 @@ describe('check_seeds_and_approaches', function()
             valid))
    end)
 
+   it('rejects a repeated seed', function()
+      assert.are.equal('r: seed 1 appears twice in --seeds; give each seed once',
+         error_of(R.check_seeds_and_approaches, 'r', { seeds = { 1, 2, 1 }, approaches = {} },
+            valid))
+   end)
+
    it('rejects an unknown approach', function()
       assert.are.equal("r: unknown entry 'adam' in --approaches (expected sgd, brains)",
          error_of(R.check_seeds_and_approaches, 'r', { seeds = { 1 },
@@ -329,6 +335,13 @@ describe('three_brains', function()
          '0.01,0.02', '--sgd_lr', '1e30' }, out)
       assert.is_truthy(err:match('^%[sgd_h1e%+30/seed1%]: loss is %-?nan at epoch 1 step %d+; '
          .. 'lower the learning rate %(%-%-lr%) or check the input data$'), err)
+      assert.are.same({}, listing())
+   end)
+
+   it('removes the result folders it made when a run fails', function()
+      local err = error_of(run_cli, 'three_brains', { '--epochs', '0' },
+         dir .. '/made/for/x.h5')
+      assert.are.equal('three_brains: --epochs must be an integer >= 1, got 0', err)
       assert.are.same({}, listing())
    end)
 

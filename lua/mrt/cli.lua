@@ -72,8 +72,12 @@ local function print_keys(recipe)
       recipe.description or ''))
    for _, k in ipairs(R.sorted_keys(recipe.config)) do
       local v = recipe.config[k]
-      io.stdout:write(string.format('  --%-20s %s\n', k, require('mrt.util').render(v)))
+      local text = type(v) == 'table' and table.concat(v, ',')
+         or require('mrt.util').render(v)
+      io.stdout:write(string.format('  --%-20s %s\n', k, text))
    end
+   io.stdout:write('\nand --out FILE.h5, --device cpu|cuda, --threads N, --profile (see mrt '
+      .. '--help)\n')
 end
 
 local function setup(options)
@@ -81,7 +85,8 @@ local function setup(options)
    local lib = require 'mrt.ffi'
    local device = options.device or os.getenv('MRT_DEVICE') or 'cpu'
    if device ~= 'cpu' and device ~= 'cuda' then
-      error(string.format("--device must be cpu or cuda, got '%s'", device), 0)
+      error(string.format("%s must be cpu or cuda, got '%s'",
+         options.device and '--device' or 'MRT_DEVICE', device), 0)
    end
    T.set_default_device(device)
    local threads = tonumber(options.threads or 0)
@@ -95,11 +100,11 @@ end
 
 -- Fails before any training when the result file or its plot cannot be
 -- written: a folder in the way, or a folder that cannot be created or
--- written to.
+-- written to. Returns the folders it created for the result.
 function M.check_output(out)
    local util = require 'mrt.util'
    local R = require 'mrt.recipe'
-   util.mkdir_p(util.dirname(out))
+   local created = util.mkdir_p(util.dirname(out))
    for _, path in ipairs({ out, R.plot_path(out, {}, 1) }) do
       if util.is_dir(path) then
          error(string.format("cannot write '%s': it is a folder; choose another --out", path), 0)
@@ -113,6 +118,7 @@ function M.check_output(out)
    end
    f:close()
    os.remove(probe)
+   return created
 end
 
 -- Runs a recipe with the given options; returns nothing, raises on failure.
@@ -135,7 +141,7 @@ function M.run(argv)
    if not out:match('%.h5$') then
       error(string.format("--out must name an .h5 file, got '%s'", out), 0)
    end
-   M.check_output(out)
+   local created = M.check_output(out)
    local results = R.results()
    local ctx = {
       config = config, results = results, device = device, out = out,
@@ -146,7 +152,14 @@ function M.run(argv)
       end,
    }
    local t0 = util.now()
-   recipe.run(config, ctx)
+   local ran, failure = pcall(recipe.run, config, ctx)
+   if not ran then
+      -- No result: remove the folders made for it again (os.remove only removes empty ones).
+      for i = #created, 1, -1 do
+         os.remove(created[i])
+      end
+      error(failure, 0)
+   end
    local written = {}
    for i, spec in ipairs(results.plots) do
       local png = R.plot_path(out, spec, i)

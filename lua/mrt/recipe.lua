@@ -178,7 +178,7 @@ function Results:add_seed_summary(approach, seeds, histories, attrs)
 end
 
 -- Checks the two lists of a recipe that compares approaches over seeds:
--- config.seeds must be a non-empty list of integers >= 0, and
+-- config.seeds must be a non-empty list of distinct integers >= 0, and
 -- config.approaches a non-empty list of distinct names from `valid` (see
 -- check_choices). Errors name the recipe and the option.
 function M.check_seeds_and_approaches(recipe_name, config, valid)
@@ -187,11 +187,17 @@ function M.check_seeds_and_approaches(recipe_name, config, valid)
       error(string.format('%s: --seeds must list at least one seed, e.g. --seeds 1,2,3',
          recipe_name), 0)
    end
+   local seen = {}
    for _, seed in ipairs(seeds) do
       if type(seed) ~= 'number' or seed < 0 or seed ~= math.floor(seed) then
          error(string.format("%s: --seeds entry '%s' is not an integer >= 0", recipe_name,
             tostring(seed)), 0)
       end
+      if seen[seed] then
+         error(string.format("%s: seed %d appears twice in --seeds; give each seed once",
+            recipe_name, seed), 0)
+      end
+      seen[seed] = true
    end
    M.check_choices(recipe_name, config, 'approaches', valid)
 end
@@ -383,6 +389,11 @@ function M.check_pattern(recipe_name, config, key)
       error(string.format("%s: --%s '%s' is not a valid Lua pattern (%s)", recipe_name, key,
          tostring(v), tostring(err):gsub('^.-: ', '')), 0)
    end
+end
+
+-- Returns "1 seed", "3 seeds": a count and a word in the singular or plural.
+function M.count_of(n, word)
+   return string.format('%d %s%s', n, word, n == 1 and '' or 's')
 end
 
 -- Checks that config[key] is one of the `valid` names.

@@ -106,6 +106,8 @@ end
 -- label (for the progress line), progress (default true), on_epoch(record),
 -- profile (print a per-layer time profile at the end, see mrt.profile),
 -- before_evaluate(model) (called before each evaluation, e.g. recompute_bn).
+-- An optimizer with a prepare_evaluation method (optim.brains) gets that
+-- call first.
 function M.fit(opts)
    local model, opt = opts.model, opts.optimizer
    local label = '[' .. (opts.label or 'train') .. ']'
@@ -160,6 +162,9 @@ function M.fit(opts)
       elapsed = elapsed + epoch_time
       if profiler then
          profiler:pause(true)
+      end
+      if opts.optimizer.prepare_evaluation then
+         opts.optimizer:prepare_evaluation()
       end
       if opts.before_evaluate then
          opts.before_evaluate(model)

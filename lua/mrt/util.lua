@@ -43,13 +43,16 @@ function M.dirname(path)
    return path:match('^(.*)/[^/]*$') or '.'
 end
 
--- Creates a folder and its parents (like mkdir -p); errors name the folder
--- and the system's reason.
+-- Creates a folder and its parents (like mkdir -p) and returns the list of
+-- folders it created, outermost first. Errors name the folder and the
+-- system's reason.
 function M.mkdir_p(dir)
-   local path = ''
+   local path, created = '', {}
    for part in dir:gmatch('[^/]+') do
       path = (path == '' and dir:sub(1, 1) ~= '/') and part or (path .. '/' .. part)
-      if ffi.C.mkdir(path, 493) ~= 0 then -- 493 = 0755
+      if ffi.C.mkdir(path, 493) == 0 then -- 493 = 0755
+         created[#created + 1] = path
+      else
          local errno = ffi.errno()
          if errno ~= 17 then -- EEXIST
             error(string.format("cannot create folder '%s': %s", dir,
@@ -60,6 +63,7 @@ function M.mkdir_p(dir)
    if not M.is_dir(dir) then
       error(string.format("cannot create folder '%s': a file of that name exists", dir), 2)
    end
+   return created
 end
 
 -- True when path names an existing folder.

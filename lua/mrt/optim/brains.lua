@@ -24,12 +24,17 @@
 -- Evaluation uses the averaged weights: at every average of all N brains
 -- the averaged weights and batch-norm buffers are copied into `eval_model`
 -- (when given; otherwise evaluate brain 1, which holds the average right
--- after an average of all brains). Batch-norm running statistics are
--- averaged like the weights (mrt_average over running_mean and
--- running_var). They are not recomputed with a pass over training batches:
--- the brains see the same minibatches and are averaged often, so their
--- statistics estimate the same data, and averaging costs nothing while a
--- recomputation pass at every evaluation would cost a share of an epoch.
+-- after an average of all brains). Between two such averages,
+-- opt:prepare_evaluation() (train.fit calls it before each evaluation)
+-- writes the average of the brains' current weights and buffers into
+-- eval_model without changing the brains, so a run shorter than one
+-- period of the slowest brain is not evaluated on its starting weights.
+-- Batch-norm running statistics are averaged like the weights
+-- (mrt_average over running_mean and running_var). They are not recomputed
+-- with a pass over training batches: the brains see the same minibatches
+-- and are averaged often, so their statistics estimate the same data, and
+-- averaging costs nothing while a recomputation pass at every evaluation
+-- would cost a share of an epoch.
 -- NOTE: the average of the brains' statistics is not exactly the
 -- statistics of the averaged weights; the difference grows with the
 -- distance between the brains before averaging.
@@ -187,6 +192,7 @@ function M.brains(models, opts)
    end
    if self.eval_model ~= nil then
       self:copy_model(models[1], self.eval_model)
+      self.eval_current = o.same_start
    end
    return self
 end
@@ -232,7 +238,34 @@ function Brains:average(j)
    end
    if j == #self.models and self.eval_model ~= nil then
       self:copy_model(self.models[1], self.eval_model)
+      self.eval_current = true
    end
+end
+
+-- Makes eval_model the average of the brains' current weights and buffers
+-- when no average of all brains has put it there since the last step.
+function Brains:prepare_evaluation()
+   if self.eval_model == nil or self.eval_current then
+      return
+   end
+   local params = {}
+   for i, model in ipairs(self.models) do
+      params[i] = model.flat.params
+   end
+   self:average_into(self.eval_model.flat.params, params)
+   local target = self.eval_model:named_buffers()
+   local buffers = {}
+   for i, model in ipairs(self.models) do
+      buffers[i] = model:named_buffers()
+   end
+   for b = 1, #target do
+      local list = {}
+      for i = 1, #self.models do
+         list[i] = buffers[i][b].value
+      end
+      self:average_into(target[b].value, list)
+   end
+   self.eval_current = true
 end
 
 -- The number of brains to average after iteration t, or 0.
@@ -257,6 +290,7 @@ function Brains:step(feval)
    end
    local t = self.iteration
    local loss
+   self.eval_current = false
    for j, model in ipairs(self.models) do
       if t % self.every[j] == 0 then
          local l = self.optimizers[j]:step(function() return feval(model) end, t)

@@ -68,8 +68,9 @@
 -- rest of it (fast or slow left out) contains the others, so one weight
 -- tensor can have slow and fast elements. A random part draws new masks at
 -- the start of each block of the slowest level that holds elements of its
--- parameters (with fast random and slow the rest, every k iterations). An element's optimizer state in a part
--- moves only while the element belongs to that part.
+-- parameters (with fast random and slow the rest, every k iterations). An
+-- element's optimizer state in a part moves only while the element belongs
+-- to that part.
 --
 -- With nesterov, a drifting slow part spreads the step of its update,
 -- h*(g + mu*p_S), over the k iterations: its drift re-applies that
