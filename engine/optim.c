@@ -207,8 +207,9 @@ int mrt_masked_sgd(mrt_ctx *ctx, float *theta, const float *grad, const float *m
 
 /*
  * Fails unless every count of an element in the part is a whole number in
- * [0, 2^24 - 1), so that an update keeps it exact. Sets *lo and *hi to the smallest and largest such count, or
- * *lo > *hi when the mask selects no element.
+ * [0, 2^24 - 1), so that an update keeps it exact. Sets *lo and *hi to the
+ * smallest and largest such count, or *lo > *hi when the mask selects no
+ * element.
  */
 static int check_counts(const char *fn, const float *counts, const float *mask, int on,
                         int64_t n, double *lo, double *hi)
