@@ -406,6 +406,30 @@ int mrt_cpu_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m,
                 adam_factors(p, lo + j, &table_step[j], &table_bc2[j]);
         }
     }
+    if (mask == NULL && counts == NULL && update && p->apply) {
+        /* The common step, one branch-free loop per weight-decay case so each vectorises. */
+#define ADAM_LOOP(T, G)                                                                 \
+    _Pragma("omp parallel for simd if (n > PARALLEL_MIN) schedule(static)")             \
+    for (int64_t i = 0; i < n; i++) {                                                   \
+        const float th = theta[i];                                                      \
+        const float t = (T), g = (G);                                                   \
+        const float mi = b1 * m[i] + (1.0f - b1) * g;                                   \
+        const float vi = b2 * v[i] + (1.0f - b2) * g * g;                               \
+        m[i] = mi;                                                                      \
+        v[i] = vi;                                                                      \
+        const float denom = sqrtf(vi) / bc2_sqrt + eps;                                 \
+        theta[i] = t - step_size * (mi / denom);                                        \
+    }
+        if (p->decoupled && wd != 0.0f) {
+            ADAM_LOOP(th * decay, grad[i])
+        } else if (wd != 0.0f) {
+            ADAM_LOOP(th, grad[i] + wd * th)
+        } else {
+            ADAM_LOOP(th, grad[i])
+        }
+#undef ADAM_LOOP
+        return MRT_OK;
+    }
 #pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         if (mask != NULL && (mask[i] != 0.0f) != on)
