@@ -55,11 +55,10 @@ static int check_range(const char *fn, const char *name, double v, double lo, do
 }
 
 /* Fails unless 0 <= v < 1, as Adam's betas must be. */
-static int check_beta(const char *fn, const char *name, float v)
+static int check_beta(const char *fn, const char *name, double v)
 {
-    if (!(v >= 0.0f && v < 1.0f))
-        return mrt_fail(MRT_EINVAL, "%s: %s is %g (expected a number in [0, 1))", fn, name,
-                        (double)v);
+    if (!(v >= 0.0 && v < 1.0))
+        return mrt_fail(MRT_EINVAL, "%s: %s is %g (expected a number in [0, 1))", fn, name, v);
     return MRT_OK;
 }
 
@@ -232,7 +231,8 @@ static int check_counts(const char *fn, const float *counts, const float *mask, 
 
 /*
  * One SGD pass over [0, n) with an optional precomputed noise array. The
- * branches on the flags are loop-invariant, so the compiler hoists them.
+ * common cases have loops of their own without branches, which vectorise;
+ * the masked and the general loops keep their branches and run scalar.
  */
 static void sgd_pass(float *theta, const float *grad, float *buffer, const float *noise,
                      int64_t n, const mrt_sgd_params *p)
@@ -271,7 +271,7 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
         return;
     }
     /* The same with an element mask: every element is computed, and the
-     * ones outside the part keep their old values (branch-free selects). */
+     * ones outside the part keep their old values. */
     if (update && apply && noise == NULL && !nesterov && mask != NULL) {
 #pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
         for (int64_t i = 0; i < n; i++) {
@@ -368,8 +368,8 @@ int mrt_cpu_sgd_update(mrt_ctx *ctx, float *theta, const float *grad, float *buf
 static void adam_factors(const mrt_adam_params *p, double step, float *step_size,
                          float *bias2_sqrt)
 {
-    *step_size = (float)((double)p->lr / (1.0 - pow((double)p->beta1, step)));
-    *bias2_sqrt = (float)sqrt(1.0 - pow((double)p->beta2, step));
+    *step_size = (float)((double)p->lr / (1.0 - pow(p->beta1, step)));
+    *bias2_sqrt = (float)sqrt(1.0 - pow(p->beta2, step));
 }
 
 /* Per-element counts spanning at most this many values use a table of factors. */
@@ -378,7 +378,9 @@ static void adam_factors(const mrt_adam_params *p, double step, float *step_size
 int mrt_cpu_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m, float *v,
                         int64_t n, const mrt_adam_params *p)
 {
-    const float b1 = p->beta1, b2 = p->beta2, eps = p->eps;
+    /* As PyTorch: beta and 1 - beta computed in double, each rounded to float once. */
+    const float b1 = (float)p->beta1, b2 = (float)p->beta2, eps = p->eps;
+    const float c1 = (float)(1.0 - p->beta1), c2 = (float)(1.0 - p->beta2);
     const float wd = p->weight_decay;
     const float decay = (float)(1.0 - (double)p->lr * (double)wd);
     const float *mask = p->mask;
@@ -413,8 +415,8 @@ int mrt_cpu_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m,
     for (int64_t i = 0; i < n; i++) {                                                   \
         const float th = theta[i];                                                      \
         const float t = (T), g = (G);                                                   \
-        const float mi = b1 * m[i] + (1.0f - b1) * g;                                   \
-        const float vi = b2 * v[i] + (1.0f - b2) * g * g;                               \
+        const float mi = b1 * m[i] + c1 * g;                                            \
+        const float vi = b2 * v[i] + c2 * g * g;                                        \
         m[i] = mi;                                                                      \
         v[i] = vi;                                                                      \
         const float denom = sqrtf(vi) / bc2_sqrt + eps;                                 \
@@ -455,8 +457,8 @@ int mrt_cpu_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m,
             float g = grad[i];
             if (!p->decoupled && wd != 0.0f)
                 g = g + wd * theta[i];
-            m[i] = b1 * m[i] + (1.0f - b1) * g;
-            v[i] = b2 * v[i] + (1.0f - b2) * g * g;
+            m[i] = b1 * m[i] + c1 * g;
+            v[i] = b2 * v[i] + c2 * g * g;
         }
         if (p->apply) {
             float denom = sqrtf(v[i]) / element_bc2 + eps;

@@ -86,8 +86,8 @@ MRT_HD void mrt_adam_element(float *theta, const float *grad, float *m, float *v
         float g = *grad;
         if (!p.decoupled && p.weight_decay != 0.0f)
             g = g + p.weight_decay * th;
-        *m = p.beta1 * *m + (1.0f - p.beta1) * g;
-        *v = p.beta2 * *v + (1.0f - p.beta2) * g * g;
+        *m = (float)p.beta1 * *m + (float)(1.0 - p.beta1) * g;
+        *v = (float)p.beta2 * *v + (float)(1.0 - p.beta2) * g * g;
     }
     if (p.apply) {
         const float denom = sqrtf(*v) / bias2_sqrt + p.eps;
@@ -112,8 +112,8 @@ MRT_HD int mrt_adam_count(float *count, const mrt_adam_params &p, float *step_si
         return 0;
     if (p.update_moments)
         *count = (float)c;
-    *step_size = (float)((double)p.lr / (1.0 - pow((double)p.beta1, c)));
-    *bias2_sqrt = (float)sqrt(1.0 - pow((double)p.beta2, c));
+    *step_size = (float)((double)p.lr / (1.0 - pow(p.beta1, c)));
+    *bias2_sqrt = (float)sqrt(1.0 - pow(p.beta2, c));
     return 1;
 }
 

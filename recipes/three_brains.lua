@@ -111,7 +111,7 @@ local function run_one(name, config, seed, train_set, test, ctx)
       opt = optim.brains(brains, { lr = config.brain_lr, momentum = config.momentum,
          weight_decay = config.weight_decay, eval_model = model })
       attrs.lr, attrs.every = config.brain_lr, opt.every
-      attrs.evaluated = 'average of all brains, copied at each average of all brains'
+      attrs.evaluated = "average of the brains' current weights at each evaluation"
       attrs.bn_batches = config.bn_batches
    else
       local lr = tonumber(name:match('^sgd_h(.+)$'))

@@ -254,6 +254,28 @@ describe('optim.brains', function()
          'running_mean')
    end)
 
+   it('averages again after load_state and rejects a brain as eval_model', function()
+      local function make(eval)
+         return optim.brains({ toy_model(1), toy_model(2), toy_model(3) },
+            { lr = { 0.1, 0.2, 0.4 }, eval_model = eval })
+      end
+      local eval = toy_model(4)
+      local opt = make(eval)
+      run(opt, 3)
+      local state = opt:state()
+      run(opt, 1)
+      local eval2 = toy_model(5)
+      local opt2 = make(eval2)
+      opt2:load_state(state)
+      local before = eval2.flat.params:totable()
+      opt2:prepare_evaluation()
+      assert.are_not.same(before, eval2.flat.params:totable())
+      local models = { toy_model(1), toy_model(2) }
+      assert.has_error(function() optim.brains(models, { lr = { 0.1, 0.2 },
+         eval_model = models[2] }) end, 'optim.brains: eval_model is brain 2; give a separate '
+         .. 'model of the same architecture, or leave eval_model out to evaluate brain 1')
+   end)
+
    it('evaluates brain 1 without an evaluation model', function()
       local models = { toy_model(1), toy_model(2) }
       assert.are.equal(models[1], optim.brains(models, { lr = { 0.1, 0.2 } }):model())

@@ -1,11 +1,11 @@
 -- Specs comparing mrt's optimizer trajectories with PyTorch's, from the
 -- fixtures tests/fixtures/optim_<scheme>.safetensors that
 -- tests/fixtures/make_fixtures.py writes: the MLP fc1 20->16, ReLU, fc2
--- 16->3 trained for 50 steps on stored minibatches, with every parameter
--- stored after every step (brain 1's for the brains schemes). The schemes
--- with random masks or Langevin noise draw them in the fixture script from
--- a Python copy of mrt's generator (philox.py), so both sides use the same
--- numbers.
+-- 16->3 trained for 50 or 30 steps (metadata `steps`) on stored
+-- minibatches, with every parameter stored after every step (brain 1's for
+-- the brains schemes). The schemes with random masks or Langevin noise draw
+-- them in the fixture script from a Python copy of mrt's generator
+-- (philox.py), so both sides use the same numbers.
 --
 -- The model runs on the default device (MRT_DEVICE), so the same specs
 -- check the CUDA backend's updates where a GPU is present.
@@ -224,9 +224,7 @@ describe('optimizer trajectories against PyTorch 1.13', function()
             local mine = state_view(s[key], p.entry.offset, n)
             local ref = tensors['state.' .. ref_key .. '.' .. p.name]
             local err = relative_error(mine, ref:view({ n }))
-            -- v sums squared gradients, so its relative error is twice the gradients'.
-            local tolerance = key == 'v' and 2 * TOLERANCE or TOLERANCE
-            assert.is_true(err <= tolerance, string.format('%s %s: %.3g', ref_key, p.name, err))
+            assert.is_true(err <= TOLERANCE, string.format('%s %s: %.3g', ref_key, p.name, err))
          end
       end
    end)
@@ -245,7 +243,11 @@ describe('optimizer trajectories against PyTorch 1.13', function()
          end
       end
       assert.is_true(seen[50])                 -- the biases step on every iteration
-      assert.is_true(next(seen, next(seen, next(seen))) ~= nil)
+      local distinct = 0
+      for _ in pairs(seen) do
+         distinct = distinct + 1
+      end
+      assert.is_true(distinct >= 3, 'distinct counts: ' .. distinct)
    end)
 
    it('multirate_drift_k3 ends with both parts\' momentum buffers', function()

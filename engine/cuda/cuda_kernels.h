@@ -149,8 +149,8 @@ static inline mrt_cuda_adam_factors mrt_cuda_adam_factors_for(const mrt_adam_par
     mrt_cuda_adam_factors f;
     const double step = p->step > 0 ? (double)p->step : 1.0;  /* unused with counts */
 
-    f.step_size = (float)((double)p->lr / (1.0 - pow((double)p->beta1, step)));
-    f.bias2_sqrt = (float)sqrt(1.0 - pow((double)p->beta2, step));
+    f.step_size = (float)((double)p->lr / (1.0 - pow(p->beta1, step)));
+    f.bias2_sqrt = (float)sqrt(1.0 - pow(p->beta2, step));
     f.decay = (float)(1.0 - (double)p->lr * (double)p->weight_decay);
     return f;
 }

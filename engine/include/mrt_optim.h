@@ -55,7 +55,8 @@ int mrt_sgd_update(mrt_ctx *ctx, float *theta, const float *grad /* optional */,
 
 typedef struct mrt_adam_params {
     float lr;
-    float beta1, beta2;
+    double beta1, beta2;   /* as PyTorch's Python floats: moments use beta and 1 - beta, each
+                              rounded to float once, and the bias corrections pow(beta, t) */
     float eps;
     float weight_decay;
     int32_t decoupled;     /* 1: AdamW, theta *= 1 - lr*weight_decay before the step */

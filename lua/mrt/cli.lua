@@ -72,8 +72,14 @@ local function print_keys(recipe)
       recipe.description or ''))
    for _, k in ipairs(R.sorted_keys(recipe.config)) do
       local v = recipe.config[k]
-      local text = type(v) == 'table' and table.concat(v, ',')
-         or require('mrt.util').render(v)
+      local text = require('mrt.util').render(v)
+      if type(v) == 'table' then
+         local items = {}
+         for i, item in ipairs(v) do
+            items[i] = tostring(item)
+         end
+         text = table.concat(items, ',')
+      end
       io.stdout:write(string.format('  --%-20s %s\n', k, text))
    end
    io.stdout:write('\nand --out FILE.h5, --device cpu|cuda, --threads N, --profile (see mrt '
@@ -152,14 +158,20 @@ function M.run(argv)
       end,
    }
    local t0 = util.now()
-   local ran, failure = pcall(recipe.run, config, ctx)
+   local ran, failure = xpcall(recipe.run, function(e)
+      -- The traceback is only complete here, before the stack unwinds.
+      return os.getenv('MRT_DEBUG') and debug.traceback(tostring(e), 2) or e
+   end, config, ctx)
    if not ran then
-      -- No result: remove the folders made for it again (os.remove only removes empty ones).
+      -- A failed run leaves no result, so the folders made for it go again when they are
+      -- still empty (os.remove removes no folder that holds files).
       for i = #created, 1, -1 do
          os.remove(created[i])
       end
       error(failure, 0)
    end
+   -- Another run that failed meanwhile may have removed a folder this run made.
+   util.mkdir_p(util.dirname(out))
    local written = {}
    for i, spec in ipairs(results.plots) do
       local png = R.plot_path(out, spec, i)

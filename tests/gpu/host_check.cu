@@ -295,8 +295,8 @@ static void check_adam(mrt_ctx *ctx)
         mrt_adam_params p;
         memset(&p, 0, sizeof p);
         p.lr = 1e-3f;
-        p.beta1 = 0.9f;
-        p.beta2 = 0.999f;
+        p.beta1 = 0.9;
+        p.beta2 = 0.999;
         p.eps = 1e-8f;
         p.weight_decay = decays[d];
         p.decoupled = decoupled;

@@ -176,6 +176,12 @@ function M.brains(models, opts)
       check_same(models[1], models[j], 'brain ' .. j, 1)
    end
    if o.eval_model ~= nil then
+      for j, model in ipairs(models) do
+         if model == o.eval_model then
+            error(string.format('%s: eval_model is brain %d; give a separate model of the same '
+               .. 'architecture, or leave eval_model out to evaluate brain 1', FN, j), 2)
+         end
+      end
       check_same(models[1], o.eval_model, 'eval_model', 1)
    end
    local self = setmetatable({ models = models, every = check_lists(o, #models, 1),
@@ -352,6 +358,7 @@ function Brains:load_state(s)
    if self.eval_model ~= nil and s.eval ~= nil then
       load_model(self.eval_model, s.eval)
    end
+   self.eval_current = false      -- the saved eval weights may predate the brains' last steps
    self.iteration = s.iteration
 end
 
