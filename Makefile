@@ -17,7 +17,11 @@ WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter
 CFLAGS  ?= -O2 -g
 # -fno-math-errno: math functions need not set errno, which lets loops that
 # call sqrtf vectorise. Nothing in the engine reads errno after a math call.
-CFLAGS  += -std=c11 -fPIC -fopenmp -fno-math-errno $(WARN) -I/usr/include/hdf5/serial
+# -fno-trapping-math: floating-point operations are assumed not to trap, so
+# a loop may compute a value it then discards (masked updates). Neither flag
+# changes a computed value.
+CFLAGS  += -std=c11 -fPIC -fopenmp -fno-math-errno -fno-trapping-math $(WARN) \
+           -I/usr/include/hdf5/serial
 LDLIBS  := -fopenmp -lhdf5_serial -lz -lm -ldl
 HDF5_LIB := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/hdf5/serial))
 ifneq ($(HDF5_LIB),)

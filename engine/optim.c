@@ -270,7 +270,28 @@ static void sgd_pass(float *theta, const float *grad, float *buffer, const float
 #undef SGD_LOOP
         return;
     }
-    /* The same with an element mask: every element is computed, and the
+    /* Plain SGD (no buffer, no counts) with an element mask, the default of
+     * optim.subgroups: every element's step is computed and the ones
+     * outside the part keep their old values. */
+    if (update && apply && noise == NULL && !nesterov && mask != NULL && buffer == NULL
+        && counts == NULL) {
+        const float on_value = on ? 1.0f : 0.0f;
+#define MASKED_SGD_LOOP(G)                                                              \
+    _Pragma("omp parallel for simd if (n > PARALLEL_MIN) schedule(static)")             \
+    for (int64_t i = 0; i < n; i++) {                                                   \
+        const float t = theta[i];                                                       \
+        const float moved = t - lr * (G);                                               \
+        theta[i] = (mask[i] != 0.0f ? 1.0f : 0.0f) == on_value ? moved : t;             \
+    }
+        if (wd != 0.0f) {
+            MASKED_SGD_LOOP(grad[i] + wd * t)
+        } else {
+            MASKED_SGD_LOOP(grad[i])
+        }
+#undef MASKED_SGD_LOOP
+        return;
+    }
+    /* The same with a buffer or counts: every element is computed, and the
      * ones outside the part keep their old values. */
     if (update && apply && noise == NULL && !nesterov && mask != NULL) {
 #pragma omp parallel for simd if (n > PARALLEL_MIN) schedule(static)
