@@ -232,7 +232,8 @@ static int check_counts(const char *fn, const float *counts, const float *mask, 
 /*
  * One SGD pass over [0, n) with an optional precomputed noise array. The
  * common cases have loops of their own without branches, which vectorise;
- * the masked and the general loops keep their branches and run scalar.
+ * the masked loop with a buffer or counts and the general loop keep their
+ * branches and run scalar.
  */
 static void sgd_pass(float *theta, const float *grad, float *buffer, const float *noise,
                      int64_t n, const mrt_sgd_params *p)
