@@ -801,6 +801,13 @@ describe('optim.multirate with element-mask parts', function()
          slow = { masks = masks }, parts = { slow = { momentum = 0.5, weight_decay = 0.05 } } }),
          c, 13, 5)
       all_close(c.flat.params:totable(), jump, 'jump')
+      local at_end = reference(theta0, slow, fast, { h = 0.6, k = 3, mu_s = 0.5, mu_f = 0.9,
+         wd_s = 0.05, wd_f = 0, at_end = true, slow_lr = 0.2, steps = 13, epoch = 5 })
+      local d = toy_model()
+      run(optim.multirate(d, { lr = 0.6, k = 3, momentum = 0.9, drift = false, slow_at = 'end',
+         slow = { masks = masks }, parts = { slow = { momentum = 0.5, weight_decay = 0.05,
+            lr = 0.2 } } }), d, 13, 5)
+      all_close(d.flat.params:totable(), at_end, 'slow_at end')
    end)
 
    -- float64 multirate with drift whose slow elements are random masks
