@@ -345,6 +345,12 @@ describe('three_brains', function()
       assert.are.same({}, listing())
    end)
 
+   it('finds a recipe by its name in recipes/', function()
+      local err = error_of(cli.run, { 'three_brains', '--epochs', '0', '--out',
+         dir .. '/x.h5' })
+      assert.are.equal('three_brains: --epochs must be an integer >= 1, got 0', err)
+   end)
+
    it('rejects a first step size of zero', function()
       assert.are.equal('three_brains: --brain_lr must start with a step size > 0, got 0',
          error_of(run_cli, 'three_brains', { '--brain_lr', '0,0.05' }, dir .. '/x.h5'))

@@ -11,7 +11,8 @@ local USAGE = [[
 usage: mrt RECIPE [--key value ...] [--out FILE.h5] [--device cpu|cuda] [--threads N] [--profile]
        mrt                      (interactive LuaJIT prompt with mrt loaded)
 
-  RECIPE         a recipe script, e.g. recipes/transfer.lua
+  RECIPE         a recipe script, e.g. recipes/transfer.lua, or the name of one in
+                 recipes/ (transfer)
   --key value    overrides the recipe's config entry `key`; numbers are parsed as numbers,
                  lists as comma-separated items; `mrt RECIPE --help` lists the keys
   --out FILE.h5  result file (default results/<recipe>.h5); plots go beside it as .png
@@ -132,6 +133,17 @@ function M.run(argv)
    local R = require 'mrt.recipe'
    local util = require 'mrt.util'
    local path, overrides, options = M.parse(argv)
+   if path == '-h' or (path == nil and options.help) then
+      path, options.help = nil, nil
+   end
+   -- A bare name such as `transfer` means recipes/transfer.lua when no such file exists.
+   if path ~= nil and not path:find('/') and not util.is_file(path) then
+      local candidate = require('mrt.ffi').root .. '/recipes/' .. path:gsub('%.lua$', '')
+         .. '.lua'
+      if util.is_file(candidate) then
+         path = candidate
+      end
+   end
    if path == nil then
       io.stdout:write(USAGE)
       return

@@ -76,6 +76,19 @@ function M.is_dir(path)
    return true
 end
 
+-- True when path names a file that can be opened for reading (not a folder).
+function M.is_file(path)
+   if M.is_dir(path) then
+      return false
+   end
+   local f = io.open(path, 'r')
+   if f == nil then
+      return false
+   end
+   f:close()
+   return true
+end
+
 -- 32-bit FNV-1a hash of a string, as 8 hex digits (for cache file names).
 function M.hash(s)
    local h = bit.tobit(2166136261)
