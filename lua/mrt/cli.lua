@@ -176,7 +176,7 @@ function M.run(argv)
    end, config, ctx)
    if not ran then
       -- A failed run leaves no result, so the folders made for it go again when they are
-      -- still empty (os.remove removes no folder that holds files).
+      -- still empty (os.remove removes no folder that contains files).
       for i = #created, 1, -1 do
          os.remove(created[i])
       end
