@@ -231,8 +231,8 @@ static int check_counts(const char *fn, const float *counts, const float *mask, 
 
 /*
  * One SGD pass over [0, n) with an optional precomputed noise array. The
- * common cases have loops of their own without branches, which vectorise;
- * the masked loop with a buffer or counts and the general loop keep their
+ * common cases have loops of their own without branches, so they vectorise.
+ * The masked loop with a buffer or counts and the general loop keep their
  * branches and run scalar.
  */
 static void sgd_pass(float *theta, const float *grad, float *buffer, const float *noise,

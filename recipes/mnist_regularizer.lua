@@ -19,7 +19,7 @@
 --                    0.5) becomes slow. The slow elements are held at zero
 --                    for k-1 iterations while the rest take steps of h.
 --                    Then everything steps at once, the slow elements with
---                    step h*k. --full_step extra holds them at zero for k
+--                    step h*k. --full_step extra keeps them at zero for k
 --                    iterations and adds the full step as a (k+1)-th.
 --    random_zeroing  The ablation without multirate: on every iteration a
 --                    new subset with the same probabilities is held at zero

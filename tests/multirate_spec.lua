@@ -810,10 +810,10 @@ describe('optim.multirate with element-mask parts', function()
       all_close(d.flat.params:totable(), at_end, 'slow_at end')
    end)
 
-   -- float64 multirate with drift whose slow elements are random masks
-   -- redrawn at each block start; s.adam puts Adam with per-element counts
-   -- on the slow part, s.damp sets SGD's dampening, and s.masked_fast makes
-   -- the masked elements the fast ones and the rest slow.
+   -- float64 multirate with drift whose slow elements are random masks,
+   -- redrawn at each block start. Options: s.adam puts Adam with
+   -- per-element counts on the slow part, s.damp sets SGD's dampening, and
+   -- s.masked_fast makes the masked elements the fast ones.
    local function ref_random(theta, s)
       theta = { unpack(theta) }
       local draw = mask_drawer(s.seed, { { 4, 3 }, { 2, 4 } }, { 0.8, 0.5 })

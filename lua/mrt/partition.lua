@@ -32,10 +32,9 @@
 --                                left out. Without a `kind`, only weights
 --                                are selected.
 -- Each pattern must match some parameter and each part must select some
--- parameter; a parameter in two parts is an error, except that the 'rest'
--- part takes the other elements of a parameter in a masked part
--- (the same mask, read the other way round: an element is in the rest
--- where the mask is 0). Parameters in no part belong to none (optimizers
+-- parameter. A parameter in two parts is an error, except that the 'rest'
+-- part takes the other elements of a parameter in a masked part: an element
+-- is in the rest where that part's mask is 0. Parameters in no part belong to none (optimizers
 -- leave them frozen). partition.complement(part) builds that rest for a
 -- single part.
 

@@ -25,10 +25,10 @@
 -- the averaged weights and batch-norm buffers are copied into `eval_model`
 -- (when given; otherwise evaluate brain 1, which holds the average right
 -- after an average of all brains). Between two such averages,
--- opt:prepare_evaluation() (train.fit calls it before each evaluation)
+-- opt:prepare_evaluation(), which train.fit calls before each evaluation,
 -- writes the average of the brains' current weights and buffers into
--- eval_model without changing the brains, so a run shorter than one
--- period of the slowest brain is not evaluated on its starting weights.
+-- eval_model without changing the brains. A run shorter than one period of
+-- the slowest brain is therefore not evaluated on its starting weights.
 -- Batch-norm running statistics are averaged like the weights
 -- (mrt_average over running_mean and running_var). They are not recomputed
 -- with a pass over training batches: the brains see the same minibatches

@@ -64,10 +64,10 @@
 --                defaults for every part (see mrt.optim.base)  [sgd, 0, ...]
 --
 -- Element-mask parts: a part with fixed or random masks (mrt.partition)
--- contains only the elements where its mask is 1, and the part given as the
+-- contains only the elements where its mask is 1. The part given as the
 -- rest of it (fast or slow left out) contains the others, so one weight
 -- tensor can have slow and fast elements. A random part draws new masks at
--- the start of each block of the slowest level that holds elements of its
+-- the start of each block of the slowest level that has elements of its
 -- parameters (with fast random and slow the rest, every k iterations). An
 -- element's optimizer state in a part moves only while the element belongs
 -- to that part.
