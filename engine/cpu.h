@@ -36,8 +36,6 @@ int mrt_cpu_adam_update(mrt_ctx *ctx, float *theta, const float *grad, float *m,
                         int64_t n, const mrt_adam_params *p);
 int mrt_cpu_average(mrt_ctx *ctx, float *dst, const float *const *srcs, int count, int64_t n);
 int mrt_cpu_mask_mul(mrt_ctx *ctx, float *y, const float *mask, int64_t n);
-int mrt_cpu_masked_sgd(mrt_ctx *ctx, float *theta, const float *grad, const float *mask,
-                       int64_t n, float lr_a, float lr_b, float weight_decay);
 
 /*
  * Scratch memory of a CPU context: grows to the largest request and is

@@ -318,7 +318,6 @@ static const mrt_backend cpu_backend = {
     .adam_update = mrt_cpu_adam_update,
     .average = mrt_cpu_average,
     .mask_mul = mrt_cpu_mask_mul,
-    .masked_sgd = mrt_cpu_masked_sgd,
     .linear_forward = mrt_cpu_linear_forward,
     .linear_backward = mrt_cpu_linear_backward,
     .conv2d_forward = mrt_cpu_conv2d_forward,

@@ -111,8 +111,6 @@ typedef struct mrt_backend {
                        int64_t n, const mrt_adam_params *p);
     int (*average)(mrt_ctx *ctx, float *dst, const float *const *srcs, int count, int64_t n);
     int (*mask_mul)(mrt_ctx *ctx, float *y, const float *mask, int64_t n);
-    int (*masked_sgd)(mrt_ctx *ctx, float *theta, const float *grad, const float *mask,
-                      int64_t n, float lr_a, float lr_b, float weight_decay);
 
     /* Image transforms (mrt_transform.h); the host arrays stay on the host. */
     int (*resize_bilinear)(mrt_ctx *ctx, const mrt_tensor *x, mrt_tensor *y);

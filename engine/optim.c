@@ -182,23 +182,6 @@ int mrt_mask_mul(mrt_ctx *ctx, float *y, const float *mask, int64_t n)
     return MRT_DISPATCH(ctx, mask_mul, y, mask, n);
 }
 
-int mrt_masked_sgd(mrt_ctx *ctx, float *theta, const float *grad, const float *mask, int64_t n,
-                   float lr_a, float lr_b, float weight_decay)
-{
-    static const char fn[] = "mrt_masked_sgd";
-
-    MRT_TRY(check_ctx_n(fn, ctx, n));
-    MRT_TRY(check_range(fn, "lr_a", lr_a, 0.0, INFINITY));
-    MRT_TRY(check_range(fn, "lr_b", lr_b, 0.0, INFINITY));
-    MRT_TRY(check_range(fn, "weight_decay", weight_decay, 0.0, INFINITY));
-    MRT_TRY(check_ptr(fn, "theta", theta, n));
-    MRT_TRY(check_ptr(fn, "grad", grad, n));
-    MRT_TRY(check_ptr(fn, "mask", mask, n));
-    if (n == 0)
-        return MRT_OK;
-    return MRT_DISPATCH(ctx, masked_sgd, theta, grad, mask, n, lr_a, lr_b, weight_decay);
-}
-
 /* ---- CPU implementations ---------------------------------------------------- */
 
 /* Counts are whole numbers below 2^24, so adding 1 in float is exact. */
@@ -513,17 +496,3 @@ int mrt_cpu_mask_mul(mrt_ctx *ctx, float *y, const float *mask, int64_t n)
     return MRT_OK;
 }
 
-int mrt_cpu_masked_sgd(mrt_ctx *ctx, float *theta, const float *grad, const float *mask,
-                       int64_t n, float lr_a, float lr_b, float weight_decay)
-{
-    (void)ctx;
-#pragma omp parallel for if (n > PARALLEL_MIN) schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float g = grad[i];
-        if (weight_decay != 0.0f)
-            g = g + weight_decay * theta[i];
-        float lr = mask[i] != 0.0f ? lr_b : lr_a;
-        theta[i] = theta[i] - lr * g;
-    }
-    return MRT_OK;
-}

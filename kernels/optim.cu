@@ -57,13 +57,6 @@ __global__ void average_kernel(float *dst, average_sources srcs, int count, int6
         dst[i] = mrt_average_element(srcs.ptr, count, i);
 }
 
-__global__ void masked_sgd_kernel(float *theta, const float *grad, const float *mask, int64_t n,
-                                  float lr_a, float lr_b, float weight_decay)
-{
-    for (int64_t i = mrt_thread_index(); i < n; i += mrt_grid_stride())
-        theta[i] = mrt_masked_sgd_element(theta[i], grad[i], mask[i], lr_a, lr_b, weight_decay);
-}
-
 /* ---- launchers ---------------------------------------------------------- */
 
 int mrt_cuda_sgd_update(cudaStream_t stream, float *theta, const float *grad, float *buffer,
@@ -114,15 +107,4 @@ int mrt_cuda_average(cudaStream_t stream, float *dst, const float *const *srcs, 
         sources.ptr[k] = k < count ? srcs[k] : NULL;
     average_kernel<<<mrt_grid_for(n, MRT_BLOCK), MRT_BLOCK, 0, stream>>>(dst, sources, count, n);
     return MRT_LAUNCH_CHECK("average_kernel");
-}
-
-int mrt_cuda_masked_sgd(cudaStream_t stream, float *theta, const float *grad, const float *mask,
-                        int64_t n, float lr_a, float lr_b, float weight_decay)
-{
-    MRT_LAUNCHER_ASSERT(n >= 0, "mrt_cuda_masked_sgd", "negative size", n);
-    if (n == 0)
-        return MRT_OK;
-    masked_sgd_kernel<<<mrt_grid_for(n, MRT_BLOCK), MRT_BLOCK, 0, stream>>>(
-        theta, grad, mask, n, lr_a, lr_b, weight_decay);
-    return MRT_LAUNCH_CHECK("masked_sgd_kernel");
 }

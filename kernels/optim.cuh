@@ -127,15 +127,4 @@ MRT_HD float mrt_average_element(const float *const *srcs, int count, int64_t i)
     return sum / (float)count;
 }
 
-/* One element of the random-subgroup update. */
-MRT_HD float mrt_masked_sgd_element(float theta, float grad, float mask, float lr_a, float lr_b,
-                                    float weight_decay)
-{
-    float g = grad;
-
-    if (weight_decay != 0.0f)
-        g = g + weight_decay * theta;
-    return theta - (mask != 0.0f ? lr_b : lr_a) * g;
-}
-
 #endif

@@ -597,7 +597,7 @@ describe('mrt_adam_update', function()
    end
 end)
 
-describe('mrt_average, mrt_mask_mul and mrt_masked_sgd', function()
+describe('mrt_average, mrt_mask_mul and masked updates', function()
    gpu_it('average into one of the sources matches the CPU', function()
       local ac, ag = pair(uniform({ N_OPT }, 140))
       local bc, bg = pair(uniform({ N_OPT }, 141))
@@ -611,17 +611,26 @@ describe('mrt_average, mrt_mask_mul and mrt_masked_sgd', function()
 
    gpu_it('mask_mul and 20 masked SGD steps match the CPU', function()
       local thc, thg = pair(uniform({ N_OPT }, 150))
+      local bfc, bfg = zeros2({ N_OPT })
+      local cnc, cng = zeros2({ N_OPT })
       local mc = T.zeros({ N_OPT }, 'cpu')
       random.new(151):fill_bernoulli(mc, 0.5)
       local mg = select(2, pair(mc))
       for step = 1, 20 do
          local gc, gg = pair(uniform({ N_OPT }, 3000 + step))
-         lib.check(C.mrt_masked_sgd(T.context('cpu'), thc.c.data, gc.c.data, mc.c.data, N_OPT,
-            0.1, 0.5, 1e-3))
-         lib.check(C.mrt_masked_sgd(T.context(DEV), thg.c.data, gg.c.data, mg.c.data, N_OPT,
-            0.1, 0.5, 1e-3))
+         -- Half the steps update the elements where the mask is 1, the others the rest.
+         local p = sgd_params({ momentum = 0.9, dampening = 0.1, weight_decay = 1e-3,
+            mask_on = step % 2 })
+         p.mask, p.counts = mc.c.data, cnc.c.data
+         lib.check(C.mrt_sgd_update(T.context('cpu'), thc.c.data, gc.c.data, bfc.c.data, N_OPT,
+            p, nil))
+         p.mask, p.counts = mg.c.data, cng.c.data
+         lib.check(C.mrt_sgd_update(T.context(DEV), thg.c.data, gg.c.data, bfg.c.data, N_OPT,
+            p, nil))
       end
       assert_close(thg, thc, EXACT, 'masked sgd')
+      assert_close(bfg, bfc, EXACT, 'masked sgd buffer')
+      assert_close(cng, cnc, EXACT, 'masked sgd counts')
       lib.check(C.mrt_mask_mul(T.context('cpu'), thc.c.data, mc.c.data, N_OPT))
       lib.check(C.mrt_mask_mul(T.context(DEV), thg.c.data, mg.c.data, N_OPT))
       assert_close(thg, thc, EXACT, 'mask_mul')

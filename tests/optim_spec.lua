@@ -479,28 +479,6 @@ describe('mrt_mask_mul', function()
    end)
 end)
 
-describe('mrt_masked_sgd', function()
-   it('steps lr_a where the mask is 0 and lr_b where it is 1', function()
-      local theta, th = vec(4, 0)
-      local grad, g = vec(4, 1)
-      local mask = T.from_table({ 0, 1, 1, 0 }, nil, 'cpu')
-      assert.are.equal(0, C.mrt_masked_sgd(ctx, theta.c.data, grad.c.data, mask.c.data, 4, 0.1,
-         0.5, 0.01))
-      local et, lrs = {}, { 0.1, 0.5, 0.5, 0.1 }
-      for i = 1, 4 do
-         et[i] = th[i] - lrs[i] * (g[i] + 0.01 * th[i])
-      end
-      all_close(theta:totable(), et, STEP_TOL, 'theta')
-   end)
-
-   it('rejects a negative step size', function()
-      local t = T.zeros({ 1 }, 'cpu')
-      assert.are.equal(C.MRT_EINVAL, C.mrt_masked_sgd(ctx, t.c.data, t.c.data, t.c.data, 1, 0.1,
-         -1, 0))
-      assert.are.equal('mrt_masked_sgd: lr_b is -1 (expected a finite number >= 0)', message())
-   end)
-end)
-
 ------------------------------------------------------------------ optimizers
 
 -- Runs `steps` iterations of opt on the toy model, minibatch = iteration.

@@ -164,9 +164,6 @@ enum { MRT_CUDA_AVERAGE_MAX = 64 };
 /* dst := mean of srcs[0..count)[0..n); srcs is a host array of device pointers. */
 int mrt_cuda_average(cudaStream_t stream, float *dst, const float *const *srcs, int count,
                      int64_t n);
-/* theta := theta - (mask != 0 ? lr_b : lr_a) * (grad + weight_decay*theta). */
-int mrt_cuda_masked_sgd(cudaStream_t stream, float *theta, const float *grad, const float *mask,
-                        int64_t n, float lr_a, float lr_b, float weight_decay);
 
 /* ---- transform.cu -------------------------------------------------------- */
 

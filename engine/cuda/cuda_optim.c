@@ -54,17 +54,10 @@ static int cuda_mask_mul(mrt_ctx *ctx, float *y, const float *mask, int64_t n)
     return mrt_cuda_mul(stream_of(ctx), y, mask, y, n);
 }
 
-static int cuda_masked_sgd(mrt_ctx *ctx, float *theta, const float *grad, const float *mask,
-                           int64_t n, float lr_a, float lr_b, float weight_decay)
-{
-    return mrt_cuda_masked_sgd(stream_of(ctx), theta, grad, mask, n, lr_a, lr_b, weight_decay);
-}
-
 void mrt_cuda_register_optim_ops(mrt_backend *table)
 {
     table->sgd_update = cuda_sgd_update;
     table->adam_update = cuda_adam_update;
     table->average = cuda_average;
     table->mask_mul = cuda_mask_mul;
-    table->masked_sgd = cuda_masked_sgd;
 }

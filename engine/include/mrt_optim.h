@@ -90,13 +90,4 @@ int mrt_average(mrt_ctx *ctx, float *dst, const float *const *srcs, int count, i
 /* y[0..n) := y*mask elementwise (mask entries 0 or 1). */
 int mrt_mask_mul(mrt_ctx *ctx, float *y, const float *mask, int64_t n);
 
-/*
- * theta := theta - lr_a*g where mask is 0 and theta - lr_b*g where mask is 1,
- * with g = grad + weight_decay*theta: plain SGD with two step sizes in one
- * pass. (optim.subgroups uses mrt_sgd_update with masks, which also covers
- * momentum.)
- */
-int mrt_masked_sgd(mrt_ctx *ctx, float *theta, const float *grad, const float *mask, int64_t n,
-                   float lr_a, float lr_b, float weight_decay);
-
 #endif

@@ -318,10 +318,9 @@ static void check_adam(mrt_ctx *ctx)
     }
 }
 
-static void check_average_and_masked(mrt_ctx *ctx)
+static void check_average(mrt_ctx *ctx)
 {
     static float a[OPT_N], b[OPT_N], c[OPT_N], want[OPT_N], got[OPT_N];
-    static float theta_cpu[OPT_N], theta_k[OPT_N], grad[OPT_N], mask[OPT_N];
     mrt_rng data = {44, 0};
 
     fill_uniform(&data, a, OPT_N, -1.0f, 1.0f);
@@ -336,19 +335,6 @@ static void check_average_and_masked(mrt_ctx *ctx)
     for (int64_t i = 0; i < OPT_N; i++)
         got[i] = mrt_average_element(srcs, 3, i);
     compare("average of 3 buffers", got, want, OPT_N);
-
-    fill_uniform(&data, theta_cpu, OPT_N, -1.0f, 1.0f);
-    fill_uniform(&data, grad, OPT_N, -1.0f, 1.0f);
-    mrt_rng_fill_bernoulli(&data, mask, OPT_N, 0.5f);
-    memcpy(theta_k, theta_cpu, sizeof theta_k);
-    if (mrt_masked_sgd(ctx, theta_cpu, grad, mask, OPT_N, 0.1f, 0.5f, 1e-3f) != MRT_OK) {
-        printf("FAIL masked sgd: the CPU backend failed: %s\n", mrt_error_message());
-        failures++;
-        return;
-    }
-    for (int64_t i = 0; i < OPT_N; i++)
-        theta_k[i] = mrt_masked_sgd_element(theta_k[i], grad[i], mask[i], 0.1f, 0.5f, 1e-3f);
-    compare("masked sgd", theta_k, theta_cpu, OPT_N);
 }
 
 /* ---- pooling ------------------------------------------------------------- */
@@ -484,7 +470,7 @@ int main(void)
     check_normals();
     check_sgd(ctx);
     check_adam(ctx);
-    check_average_and_masked(ctx);
+    check_average(ctx);
     check_pool(ctx);
     check_resize_case(ctx, 7, 9, 13, 5);
     check_resize_case(ctx, 32, 32, 224, 224);
