@@ -425,8 +425,8 @@ local function masks_by_entry(part, into)
    return into
 end
 
--- Builds one part; `claimed` maps entries of other parts to their part
--- names and `masked` the entries of masked parts to their masks.
+-- Builds one part. `claimed` maps entries of other parts to their part
+-- names, and `masked` maps the entries of masked parts to their masks.
 local function build_part(model, name, spec, claimed, masked)
    local s = normalize(name, spec)
    check_spec(name, s)

@@ -280,7 +280,7 @@ function Stepper:run(lr, divide, update, apply, runs)
    end
 end
 
--- Folds the part's gradient into the state; steps by lr/divide along it
+-- Folds the part's gradient into the state, and steps by lr/divide along it
 -- when apply. runs (optional) limits the update to some of the part's runs.
 function Stepper:update(lr, apply, divide, runs)
    self:run(lr, divide or 1, true, apply, runs)

@@ -21,7 +21,7 @@
 -- with no multirate.
 --
 -- The base optimizer is plain SGD by default (g = grad + weight_decay*theta,
--- theta -= lr*g, no momentum); any SGD, Adam or AdamW setting of
+-- theta -= lr*g, no momentum). Any SGD, Adam or AdamW setting of
 -- mrt.optim.base may replace it. Each element has one optimizer state,
 -- which moves only on the iterations where the element steps: every
 -- iteration while it is fast, the full one while it is slow. Each element
